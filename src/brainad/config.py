@@ -1,0 +1,538 @@
+"""Typed, strict configuration loaded from ``params.yaml``.
+
+``params.yaml`` has two top-level keys:
+
+* ``defaults`` — every section of a study, every value written once;
+* ``studies`` — one entry per study; each section there overrides only the keys it names.
+
+:func:`load_study` deep-merges the two and builds frozen dataclasses. An unknown key, a missing key
+or a value of the wrong type raises :class:`ConfigError` naming the full key path, so a typo in
+``params.yaml`` never turns silently into a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A ``params.yaml`` problem; the message names the key and what to do."""
+
+
+# --------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where the raw images come from.
+
+    Args:
+        kind: ``synthetic`` (embedded phantom), ``archive`` (zip/tar by path or http/https/file URL),
+            ``folder`` (a directory in the Kaggle layout) or ``kaggle`` (kagglehub download).
+        uri: archive path/URL, folder path or Kaggle slug; ignored for ``synthetic``.
+        sha256: expected archive checksum (hex); empty means "not pinned" (a warning is logged).
+        max_members: refuse archives with more members than this (zip-bomb guard).
+        max_total_bytes: refuse archives whose members add up to more bytes than this.
+    """
+
+    kind: Literal["synthetic", "archive", "folder", "kaggle"]
+    uri: str
+    sha256: str
+    max_members: int
+    max_total_bytes: int
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Synthetic brain-like phantom dataset written in the Kaggle folder layout.
+
+    Args:
+        n_healthy: healthy slices (class ``notumor``) before duplicates are added.
+        n_anomalous: slices with an implanted tumour (class ``glioma``), each with a mask file.
+        image_size: side of the written square images in pixels.
+        duplicate_fraction: fraction of healthy slices re-written as near-duplicates (resized or
+            re-windowed copies) so that de-duplication is exercised like on the real data.
+        seed: generator seed; the same seed writes byte-identical files.
+    """
+
+    n_healthy: int
+    n_anomalous: int
+    image_size: int
+    duplicate_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Which class folders are healthy and which count as anomalies; all others are excluded."""
+
+    healthy_classes: tuple[str, ...]
+    anomaly_classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """De-duplication and the cluster-level split.
+
+    Args:
+        hash_distance: two images whose 64-bit perceptual hashes differ in at most this many bits
+            are near-duplicates; clusters are connected components of that relation.
+        keep: ``representative`` keeps one image per cluster, ``all`` keeps every member.
+        val_fraction: fraction of healthy clusters for validation.
+        test_fraction: fraction of healthy clusters for test.
+        anomaly_val_fraction: fraction of anomalous clusters for validation (the rest go to test).
+        seed: split seed.
+    """
+
+    hash_distance: int
+    keep: Literal["representative", "all"]
+    val_fraction: float
+    test_fraction: float
+    anomaly_val_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Decoding, brain extraction, cropping, resizing and intensity normalisation.
+
+    Args:
+        image_size: output side in pixels (128 for the thesis study).
+        skull_strip: run the OpenCV brain extraction; if false the whole slice is the mask.
+        crop_margin: margin around the brain bounding box, as a fraction of its size.
+        erosion_px: erosion of the brain mask (at original resolution / 256 px) to drop the skull rim.
+        min_coverage: a mask covering less than this fraction of the slice is a failed extraction
+            (fall back to the uncropped slice, flagged).
+        max_coverage: a mask covering more than this fraction is a failed extraction too.
+        normalisation: ``thesis`` maps [0, 1] to [-1, 1] by (x-0.5)/0.5; ``percentile`` and
+            ``zscore`` are robust per-image normalisations computed inside the brain mask.
+        percentiles: low/high percentiles for ``percentile`` normalisation.
+        max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+    """
+
+    image_size: int
+    skull_strip: bool
+    crop_margin: float
+    erosion_px: int
+    min_coverage: float
+    max_coverage: float
+    normalisation: Literal["thesis", "percentile", "zscore"]
+    percentiles: tuple[float, float]
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only augmentations (applied on the fly to tensors)."""
+
+    flip: bool
+    rotate_deg: float
+    contrast: float
+
+
+# ------------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class VQGANConfig:
+    """Encoder → EMA vector quantiser → decoder, plus a PatchGAN discriminator.
+
+    Args:
+        channels: width of the first encoder stage.
+        channel_mult: width multipliers per resolution; each stage after the first halves the
+            resolution, so the latent grid is ``image_size / 2**(len(channel_mult)-1)``.
+        res_blocks: residual blocks per stage.
+        embedding_dim: dimension of a codebook vector.
+        codebook_size: number of codebook vectors.
+        ema_decay: EMA decay ``λ`` of the codebook update ``e ← e + (1-λ)(z̄ − e)``.
+        commitment_weight: weight of the commitment loss ``||z − sg(e)||²``.
+        dead_code_threshold: a code whose EMA cluster size falls below this is restarted
+            from a random encoder output of the batch.
+        disc_channels: width of the first discriminator layer.
+        disc_layers: strided layers of the PatchGAN discriminator.
+        l1_weight: weight of the L1 reconstruction loss.
+        perceptual_weight: weight of the perceptual loss.
+        adv_start: adversarial weight at epoch 0.
+        adv_slope: increase of the adversarial weight per epoch.
+        adv_cap: maximum adversarial weight.
+    """
+
+    channels: int
+    channel_mult: tuple[int, ...]
+    res_blocks: int
+    embedding_dim: int
+    codebook_size: int
+    ema_decay: float
+    commitment_weight: float
+    dead_code_threshold: float
+    disc_channels: int
+    disc_layers: int
+    l1_weight: float
+    perceptual_weight: float
+    adv_start: float
+    adv_slope: float
+    adv_cap: float
+
+
+@dataclass(frozen=True)
+class PerceptualConfig:
+    """Feature network for the perceptual loss and the perceptual score component.
+
+    Args:
+        kind: ``fixed`` (seeded frozen two-branch conv net, as in the reproduced study) or
+            ``vgg16`` (torchvision VGG16 features from a local weights file; never downloaded).
+        channels: width of each branch of the fixed network.
+        scales: number of scales (the input is average-pooled by 2 between scales).
+        seed: seed of the fixed network's weights.
+        vgg16_weights: path to a local VGG16 ``state_dict`` file; required for ``vgg16``.
+    """
+
+    kind: Literal["fixed", "vgg16"]
+    channels: int
+    scales: int
+    seed: int
+    vgg16_weights: str
+
+
+@dataclass(frozen=True)
+class DCGANConfig:
+    """DCGAN generator/discriminator and the f-AnoGAN izi encoder.
+
+    Args:
+        latent_dim: size of the noise vector.
+        channels: base width (generator last layer / discriminator first layer).
+        encoder_kappa: weight of the discriminator-feature residual in izi_f encoder training.
+        latent_steps: per-image latent optimisation steps (AnoGAN); 0 disables it.
+        latent_lr: learning rate of the latent optimisation.
+    """
+
+    latent_dim: int
+    channels: int
+    encoder_kappa: float
+    latent_steps: int
+    latent_lr: float
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The one training loop's settings (shared by every model).
+
+    Args:
+        epochs: training epochs.
+        batch_size: images per step (per process under DDP).
+        lr: Adam learning rate for every network.
+        beta1: Adam beta1.
+        beta2: Adam beta2.
+        precision: ``auto`` (bf16 autocast where supported), ``fp32``, ``bf16`` or ``fp16``.
+        channels_last: use the channels-last memory format.
+        compile: wrap networks with ``torch.compile``.
+        checkpoint_every: epochs between resumable checkpoints (always also at the last epoch).
+        sample_every: epochs between sample-reconstruction grids.
+        extra_sample_epochs: epochs that additionally get a grid (the study's epoch 500).
+        select_metric: validation criterion for the best model: ``val_auroc`` or ``val_recon``.
+        divergence_factor: stop when the generator loss exceeds this multiple of its first-epoch
+            value (NaN/inf always stops).
+        seed: seed for weights, batches and augmentation.
+        deterministic: force deterministic algorithms (CPU runs are then bit-reproducible).
+        augment: training-only augmentations.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    beta1: float
+    beta2: float
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    channels_last: bool
+    compile: bool
+    checkpoint_every: int
+    sample_every: int
+    extra_sample_epochs: tuple[int, ...]
+    select_metric: Literal["val_auroc", "val_recon"]
+    divergence_factor: float
+    seed: int
+    deterministic: bool
+    augment: AugmentConfig
+
+
+@dataclass(frozen=True)
+class VQGANStudyConfig:
+    """The ``vqgan`` section: model plus its training settings."""
+
+    model: VQGANConfig
+    fit: FitConfig
+
+
+@dataclass(frozen=True)
+class DCGANStudyConfig:
+    """The ``dcgan`` section: model, GAN training and encoder training settings."""
+
+    model: DCGANConfig
+    fit: FitConfig
+    encoder_fit: FitConfig
+
+
+# -------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Residual maps → image scores (one code path for evaluation and the CLI).
+
+    Args:
+        residual: pixel residual ``l1`` or ``l2``.
+        smoothing: ``none``, ``gaussian`` or ``median`` filtering of residual maps.
+        smoothing_px: kernel size for smoothing (odd).
+        aggregate: ``mean``, ``topk`` or ``max`` inside the brain mask.
+        topk_percent: percentage of highest-residual brain pixels averaged by ``topk``.
+        weight_residual: weight of the standardised pixel-residual component.
+        weight_ssim: weight of the standardised SSIM-residual component.
+        weight_perceptual: weight of the standardised perceptual-residual component.
+        weight_discriminator: weight of the standardised discriminator component.
+        batch_size: images per scoring batch.
+    """
+
+    residual: Literal["l1", "l2"]
+    smoothing: Literal["none", "gaussian", "median"]
+    smoothing_px: int
+    aggregate: Literal["mean", "topk", "max"]
+    topk_percent: float
+    weight_residual: float
+    weight_ssim: float
+    weight_perceptual: float
+    weight_discriminator: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """Threshold calibration on validation only.
+
+    Args:
+        method: ``fixed``, ``healthy_percentile``, ``youden`` or ``f1_max``.
+        fixed_value: threshold for ``fixed`` (the reproduced study used 8.0).
+        target_specificity: for ``healthy_percentile``, the fraction of healthy validation scans
+            that must fall below the threshold.
+    """
+
+    method: Literal["fixed", "healthy_percentile", "youden", "f1_max"]
+    fixed_value: float
+    target_specificity: float
+
+
+@dataclass(frozen=True)
+class LesionConfig:
+    """Synthetic lesions implanted into held-out healthy scans (paired track).
+
+    Args:
+        per_image: lesioned copies per healthy test scan.
+        radius_range: lesion radius as a fraction of the image side (min, max).
+        contrast_range: lesion intensity offset in units of the brain's intensity std (min, max);
+            negative values make dark lesions.
+        bright_fraction: fraction of lesions brighter than the surrounding tissue.
+        seed: lesion generator seed.
+    """
+
+    per_image: int
+    radius_range: tuple[float, float]
+    contrast_range: tuple[float, float]
+    bright_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Test-split metrics, bootstrap intervals, baselines and the paired lesion track.
+
+    Args:
+        bootstrap: bootstrap resamples for confidence intervals.
+        ci: confidence level of the intervals.
+        pca_components: components of the PCA-reconstruction baseline.
+        seed: seed for bootstrap and sampling of figure examples.
+        lesions: the paired implanted-lesion track.
+    """
+
+    bootstrap: int
+    ci: float
+    pca_components: int
+    seed: int
+    lesions: LesionConfig
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything one study needs; one field per ``params.yaml`` section."""
+
+    name: str
+    source: SourceConfig
+    phantom: PhantomConfig
+    filter: FilterConfig
+    split: SplitConfig
+    preprocess: PreprocessConfig
+    perceptual: PerceptualConfig
+    vqgan: VQGANStudyConfig
+    dcgan: DCGANStudyConfig
+    score: ScoreConfig
+    threshold: ThresholdConfig
+    evaluate: EvaluateConfig
+
+
+# ------------------------------------------------------------------------------------ loading
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (lists → tuples)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}; fix it in params.yaml")
+        return value
+    if origin in (tuple,):
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(arg, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {_type_name(tp)}")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {_type_name(tp)}")  # programming error
+
+
+def from_dict(cls: type, data: Any, key: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from a mapping, strictly.
+
+    Raises:
+        ConfigError: on an unknown, missing or mistyped key; the message names the key path.
+    """
+    where = key or "<root>"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; allowed keys are {names} (check for a typo)"
+        )
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}; add them to params.yaml")
+    prefix = f"{key}." if key else ""
+    return cls(**{n: _convert(hints[n], data[n], prefix + n) for n in names})
+
+
+def _merge(base: dict, override: dict, key: str) -> dict:
+    """Deep-merge ``override`` into ``base``; an override key absent from ``base`` is an error."""
+    out = dict(base)
+    for k, v in override.items():
+        path = f"{key}.{k}"
+        if k not in base:
+            raise ConfigError(
+                f"{path}: unknown key; a study can only override keys that exist under defaults"
+            )
+        if isinstance(base[k], dict):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{path}: expected a mapping, got {v!r}")
+            out[k] = _merge(base[k], v, path)
+        else:
+            out[k] = v
+    return out
+
+
+def read_params(path: str | Path = "params.yaml") -> dict:
+    """Read ``params.yaml`` and check its two top-level keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or set(raw) != {"defaults", "studies"}:
+        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise ConfigError(f"{path}: top level must have exactly 'defaults' and 'studies', got {got}")
+    if not isinstance(raw["studies"], dict) or not raw["studies"]:
+        raise ConfigError(f"{path}: 'studies' must map study names to their overrides")
+    return raw
+
+
+def study_names(path: str | Path = "params.yaml") -> list[str]:
+    """Names of the studies defined in ``params.yaml``."""
+    return list(read_params(path)["studies"])
+
+
+def load_study(study: str, path: str | Path = "params.yaml") -> StudyConfig:
+    """Load one study: ``defaults`` deep-merged with ``studies.<study>``, checked strictly."""
+    raw = read_params(path)
+    if "name" in raw["defaults"]:
+        raise ConfigError("defaults.name: 'name' is reserved (it is the study's key under studies)")
+    try:  # defaults must be valid on their own, even where every study overrides a value
+        from_dict(StudyConfig, {"name": "defaults", **raw["defaults"]}, "")
+    except ConfigError as exc:
+        raise ConfigError(f"defaults.{exc}") from None
+    if study not in raw["studies"]:
+        raise ConfigError(
+            f"studies.{study}: no such study in {path}; known studies: {list(raw['studies'])}"
+        )
+    overrides = raw["studies"][study] or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"studies.{study}: expected a mapping of section overrides")
+    sections = [f.name for f in dataclasses.fields(StudyConfig) if f.name != "name"]
+    absent = [s for s in sections if s not in overrides]
+    if absent:
+        raise ConfigError(
+            f"studies.{study}: missing section(s) {absent}; list every section (use {{}} for "
+            "no overrides) so that DVC tracks each study's sections separately"
+        )
+    merged = _merge(raw["defaults"], overrides, f"studies.{study}")
+    try:
+        return from_dict(StudyConfig, {"name": study, **merged}, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} [study '{study}': defaults merged with studies.{study}]") from None
+
+
+def to_dict(config: Any) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return _jsonable(dataclasses.asdict(config))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

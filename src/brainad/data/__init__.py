@@ -1,0 +1,1 @@
+"""Data: sources, manifest and split, preprocessing, torch datasets."""

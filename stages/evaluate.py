@@ -1,0 +1,17 @@
+"""Stage evaluate: calibrate on validation, score both test tracks and baselines, write reports."""
+
+from brainad.evaluation import run_evaluate
+from brainad.stage import stage_setup
+
+
+def main(argv=None) -> None:
+    args, config = stage_setup(__doc__, [
+        "arrays-dir", "vqgan", "dcgan", "vqgan-train", "dcgan-train", "prepare-report",
+        "scorers-dir", "report-dir"], argv)
+    run_evaluate(config, args.arrays_dir, {"vqgan": args.vqgan, "dcgan": args.dcgan},
+                 args.scorers_dir, args.prepare_report,
+                 {"vqgan": args.vqgan_train, "dcgan": args.dcgan_train}, args.report_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""Stage prepare: acquire the raw data (synthetic/archive/folder/kaggle), filter, write the manifest."""
+
+from brainad.pipeline import run_prepare
+from brainad.stage import stage_setup
+
+
+def main(argv=None) -> None:
+    args, config = stage_setup(__doc__, ["raw", "downloads", "manifest", "report"], argv)
+    run_prepare(config, args.raw, args.downloads, args.manifest, args.report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""Stage preprocess: decode, skull-strip, crop, normalise each split into compact arrays."""
+
+from brainad.pipeline import run_preprocess
+from brainad.stage import stage_setup
+
+
+def main(argv=None) -> None:
+    args, config = stage_setup(
+        __doc__, ["raw", "manifest", "split", "arrays-dir", "report-dir"], argv)
+    run_preprocess(config, args.raw, args.manifest, args.split, args.arrays_dir, args.report_dir)
+
+
+if __name__ == "__main__":
+    main()

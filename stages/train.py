@@ -1,0 +1,16 @@
+"""Stage train: train one GAN (--model vqgan | dcgan) on healthy training slices with the one loop."""
+
+from brainad.stage import stage_setup
+from brainad.trainer import run_train
+
+
+def main(argv=None) -> None:
+    args, config = stage_setup(
+        __doc__, ["arrays-dir", "model-dir", "checkpoint-dir", "report-dir"], argv,
+        choices={"model": ("vqgan", "dcgan")})
+    run_train(config, args.model, args.arrays_dir, args.model_dir, args.checkpoint_dir,
+              args.report_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -391,7 +391,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}; fix it in params.yaml")
+            raise ConfigError(
+                f"{key}: {value!r} is not one of {list(allowed)}; fix it in params.yaml"
+            )
         return value
     if origin in (tuple,):
         args = typing.get_args(tp)
@@ -484,7 +486,9 @@ def read_params(path: str | Path = "params.yaml") -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict) or set(raw) != {"defaults", "studies"}:
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise ConfigError(f"{path}: top level must have exactly 'defaults' and 'studies', got {got}")
+        raise ConfigError(
+            f"{path}: top level must have exactly 'defaults' and 'studies', got {got}"
+        )
     if not isinstance(raw["studies"], dict) or not raw["studies"]:
         raise ConfigError(f"{path}: 'studies' must map study names to their overrides")
     return raw
@@ -522,7 +526,9 @@ def load_study(study: str, path: str | Path = "params.yaml") -> StudyConfig:
     try:
         return from_dict(StudyConfig, {"name": study, **merged}, "")
     except ConfigError as exc:
-        raise ConfigError(f"{exc} [study '{study}': defaults merged with studies.{study}]") from None
+        raise ConfigError(
+            f"{exc} [study '{study}': defaults merged with studies.{study}]"
+        ) from None
 
 
 def to_dict(config: Any) -> dict:

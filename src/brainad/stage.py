@@ -14,9 +14,12 @@ from brainad.utils import setup_logging
 log = logging.getLogger("brainad")
 
 
-def stage_setup(description: str, path_args: Sequence[str], argv: Sequence[str] | None = None,
-                choices: dict[str, Sequence[str]] | None = None,
-                ) -> tuple[argparse.Namespace, StudyConfig]:
+def stage_setup(
+    description: str,
+    path_args: Sequence[str],
+    argv: Sequence[str] | None = None,
+    choices: dict[str, Sequence[str]] | None = None,
+) -> tuple[argparse.Namespace, StudyConfig]:
     """Parse ``--study``, ``--params``, the stage's ``--<path>`` arguments and ``--<name>`` choice
     arguments (all required), set up logging and load the study's typed config; a config error
     exits with its message."""

@@ -1,0 +1,80 @@
+"""Convolutional building blocks shared by the VQGAN encoder, decoder and discriminator."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_count(channels: int, max_groups: int = 32) -> int:
+    """Number of GroupNorm groups for ``channels``: at most ``max_groups``, dividing ``channels``,
+    with at least two channels per group where possible (one channel per group would make the
+    preceding convolution's bias invisible to the loss)."""
+    groups = max_groups
+    while groups > 1 and (channels % groups or channels // groups < 2):
+        groups //= 2
+    return groups
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm over ``channels`` with :func:`group_count` groups."""
+    return nn.GroupNorm(group_count(channels), channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: (GroupNorm → SiLU → 3x3 conv) twice, plus a skip path.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output; a 1x1 convolution adapts the skip path if they differ.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip: nn.Module = (
+            nn.Identity()
+            if in_channels == out_channels
+            else nn.Conv2d(in_channels, out_channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h  # (B, out_channels, H, W)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a strided 3x3 convolution (even sizes halve exactly).
+
+    Args:
+        channels: input and output channels.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)  # (B, C, H, W) -> (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Double the resolution by nearest-neighbour upsampling followed by a 3x3 convolution
+    (no transposed convolution, hence no checkerboard artefacts).
+
+    Args:
+        channels: input and output channels.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, 2H, 2W)
+        return self.conv(x)

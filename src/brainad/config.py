@@ -328,8 +328,8 @@ class LesionConfig:
     Args:
         per_image: lesioned copies per healthy test scan.
         radius_range: lesion radius as a fraction of the image side (min, max).
-        contrast_range: lesion intensity offset in units of the brain's intensity std (min, max);
-            negative values make dark lesions.
+        contrast_range: magnitude range (min, max, both > 0) of the lesion's intensity offset in
+            units of the brain's intensity std; the sign comes from ``bright_fraction``.
         bright_fraction: fraction of lesions brighter than the surrounding tissue.
         seed: lesion generator seed.
     """

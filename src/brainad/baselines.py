@@ -1,0 +1,246 @@
+"""Trivial unsupervised baselines, fitted on the TRAIN split (healthy images only).
+
+They are reported beside every model: if a statistic as simple as the mean brain intensity
+separates the test classes, the classes are confounded (source, scanner, normalisation) and a
+model's AUROC says little about anomaly detection. HIGHER SCORE = MORE ANOMALOUS.
+
+* ``mean_intensity``: |z| of the mean brain intensity against the training images;
+* ``image_stats``: Mahalanobis distance of seven intensity/shape statistics (Ledoit-Wolf);
+* ``pca_recon``: PCA reconstruction residual of per-image standardised brains;
+* ``nearest_neighbour``: L2 distance at 32×32 to the nearest training image.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.covariance import LedoitWolf
+from sklearn.decomposition import PCA
+
+from brainad.config import EvaluateConfig
+from brainad.scoring import aggregate
+
+log = logging.getLogger("brainad")
+
+_EPS = 1e-6
+PCA_TOPK_PERCENT = 1.0
+NN_SIZE = 32
+STAT_NAMES = ("mean", "std", "skew", "kurtosis", "area_fraction", "p1", "p99")
+
+
+@runtime_checkable
+class Baseline(Protocol):
+    """An unsupervised scorer: ``fit`` on healthy training images, then ``score`` any images.
+
+    Baselines that produce anomaly maps also have ``maps(images, masks)`` → (N, 1, S, S).
+    """
+
+    name: str
+
+    def fit(self, images: np.ndarray, masks: np.ndarray) -> None: ...
+
+    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray: ...
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _prepare(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Checked float32 images and bool masks; an empty mask is replaced by the whole slice."""
+    images = np.asarray(images, dtype=np.float32)
+    masks = np.asarray(masks).astype(bool)
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"images must have shape (N, 1, S, S), got {images.shape}")
+    if masks.shape != images.shape:
+        raise ValueError(f"brain masks shape {masks.shape} differs from images {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError("no images given")
+    empty = ~masks.reshape(len(masks), -1).any(1)
+    if empty.any():
+        log.warning("%d image(s) with an empty brain mask use the whole slice", int(empty.sum()))
+        masks = masks | empty[:, None, None, None]
+    return images, masks
+
+
+def _brain_moments(values: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row mean and std (population) of (N, P) ``values`` over ``inside`` pixels."""
+    count = inside.sum(1)
+    mean = np.where(inside, values, 0.0).sum(1) / count
+    var = np.where(inside, (values - mean[:, None]) ** 2, 0.0).sum(1) / count
+    return mean, np.sqrt(var)
+
+
+def _masked_quantiles(values: np.ndarray, inside: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """(N, len(qs)) per-row quantiles over ``inside`` pixels (linear, as ``np.quantile``)."""
+    ordered = np.sort(np.where(inside, values, np.inf), axis=1)
+    last = inside.sum(1) - 1
+    out = []
+    for q in qs:
+        position = q * last
+        low = np.floor(position).astype(np.int64)
+        high = np.minimum(low + 1, last)
+        a = np.take_along_axis(ordered, low[:, None], 1)[:, 0]
+        b = np.take_along_axis(ordered, high[:, None], 1)[:, 0]
+        out.append(a + (position - low) * (b - a))
+    return np.stack(out, 1)
+
+
+def _require_fit(baseline: object, attribute: str) -> None:
+    if getattr(baseline, attribute, None) is None:
+        raise RuntimeError(f"{type(baseline).__name__}: call fit() on the training images first")
+
+
+# ---------------------------------------------------------------------------------- baselines
+class MeanIntensity:
+    """|z| of the mean brain intensity relative to the training images (deliberately trivial)."""
+
+    name = "mean_intensity"
+
+    def __init__(self) -> None:
+        self.center: float | None = None
+        self.scale: float = 1.0
+
+    def _means(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        images, masks = _prepare(images, masks)
+        flat = images.reshape(len(images), -1).astype(np.float64)
+        return _brain_moments(flat, masks.reshape(len(masks), -1))[0]
+
+    def fit(self, images: np.ndarray, masks: np.ndarray) -> None:
+        means = self._means(images, masks)
+        self.center, self.scale = float(means.mean()), max(float(means.std()), _EPS)
+
+    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        _require_fit(self, "center")
+        return np.abs(self._means(images, masks) - self.center) / self.scale
+
+
+def image_statistics(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(N, 7) brain statistics: mean, std, skew, excess kurtosis, brain-area fraction, p1, p99."""
+    images, masks = _prepare(images, masks)
+    values = images.reshape(len(images), -1).astype(np.float64)
+    inside = masks.reshape(len(masks), -1)
+    mean, std = _brain_moments(values, inside)
+    centred = np.where(inside, (values - mean[:, None]) / np.maximum(std, _EPS)[:, None], 0.0)
+    count = inside.sum(1)
+    skew = (centred**3).sum(1) / count
+    kurtosis = (centred**4).sum(1) / count - 3.0
+    area = count / inside.shape[1]
+    p1, p99 = _masked_quantiles(values, inside, (0.01, 0.99)).T
+    return np.stack([mean, std, skew, kurtosis, area, p1, p99], 1)
+
+
+class ImageStats:
+    """Mahalanobis distance of :func:`image_statistics` from the training distribution
+    (features standardised, Ledoit-Wolf shrunk covariance)."""
+
+    name = "image_stats"
+
+    def __init__(self) -> None:
+        self.covariance: LedoitWolf | None = None
+        self.center = np.zeros(len(STAT_NAMES))
+        self.scale = np.ones(len(STAT_NAMES))
+
+    def fit(self, images: np.ndarray, masks: np.ndarray) -> None:
+        features = image_statistics(images, masks)
+        self.center = features.mean(0)
+        self.scale = np.maximum(features.std(0), _EPS)
+        self.covariance = LedoitWolf().fit((features - self.center) / self.scale)
+
+    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        _require_fit(self, "covariance")
+        z = (image_statistics(images, masks) - self.center) / self.scale
+        return np.sqrt(np.maximum(self.covariance.mahalanobis(z), 0.0))
+
+
+class PCARecon:
+    """PCA reconstruction of per-image standardised brains (z-scored inside the mask, 0 outside).
+
+    Args:
+        n_components: PCA components (clamped to the number of training images).
+        seed: random state of the (randomised) SVD.
+    """
+
+    name = "pca_recon"
+
+    def __init__(self, n_components: int, seed: int = 0) -> None:
+        if n_components < 1:
+            raise ValueError(f"evaluate.pca_components must be >= 1, got {n_components}")
+        self.n_components = n_components
+        self.seed = seed
+        self.pca: PCA | None = None
+
+    @staticmethod
+    def _standardise(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images, masks = _prepare(images, masks)
+        values = images.reshape(len(images), -1)
+        inside = masks.reshape(len(masks), -1)
+        mean, std = _brain_moments(values.astype(np.float64), inside)
+        z = (values - mean[:, None]) / np.maximum(std, _EPS)[:, None]
+        return np.where(inside, z, 0.0).astype(np.float32), masks
+
+    def fit(self, images: np.ndarray, masks: np.ndarray) -> None:
+        z, _ = self._standardise(images, masks)
+        k = min(self.n_components, z.shape[0], z.shape[1])
+        if k < self.n_components:
+            log.warning("pca_recon: %d components requested, %d possible", self.n_components, k)
+        self.pca = PCA(n_components=k, random_state=self.seed).fit(z)
+
+    def maps(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """(N, 1, S, S) squared reconstruction residual, 0 outside the brain mask."""
+        _require_fit(self, "pca")
+        z, masks = self._standardise(images, masks)
+        recon = self.pca.inverse_transform(self.pca.transform(z))
+        return ((z - recon) ** 2).reshape(masks.shape).astype(np.float32) * masks
+
+    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        residual = self.maps(images, masks)
+        _, masks = _prepare(images, masks)
+        top = aggregate(
+            torch.from_numpy(residual), torch.from_numpy(masks), "topk", PCA_TOPK_PERCENT
+        )
+        return top.numpy().astype(np.float64)
+
+
+class NearestNeighbour:
+    """L2 distance at 32×32 (brain pixels; outside set to the -1 background) to the nearest
+    training image."""
+
+    name = "nearest_neighbour"
+
+    def __init__(self, chunk: int = 512) -> None:
+        self.chunk = chunk
+        self.train: np.ndarray | None = None
+        self.train_sq: np.ndarray | None = None
+
+    @staticmethod
+    def _features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        images, masks = _prepare(images, masks)
+        small = F.adaptive_avg_pool2d(torch.from_numpy(images), NN_SIZE)
+        inside = F.adaptive_avg_pool2d(torch.from_numpy(masks.astype(np.float32)), NN_SIZE) > 0.5
+        return torch.where(inside, small, -1.0).flatten(1).numpy().astype(np.float64)
+
+    def fit(self, images: np.ndarray, masks: np.ndarray) -> None:
+        self.train = self._features(images, masks)
+        self.train_sq = (self.train**2).sum(1)
+
+    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        _require_fit(self, "train")
+        query = self._features(images, masks)
+        out = np.empty(len(query))
+        for start in range(0, len(query), self.chunk):
+            part = query[start : start + self.chunk]
+            squared = (part**2).sum(1)[:, None] + self.train_sq[None, :] - 2.0 * part @ self.train.T
+            out[start : start + len(part)] = np.sqrt(np.maximum(squared.min(1), 0.0))
+        return out
+
+
+def default_baselines(config: EvaluateConfig) -> list[Baseline]:
+    """The four trivial baselines reported beside every model."""
+    return [
+        MeanIntensity(),
+        ImageStats(),
+        PCARecon(config.pca_components, seed=config.seed),
+        NearestNeighbour(),
+    ]

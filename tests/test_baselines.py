@@ -1,0 +1,162 @@
+"""Tests for brainad.baselines on tiny synthetic brains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainad.baselines import (
+    Baseline,
+    ImageStats,
+    MeanIntensity,
+    NearestNeighbour,
+    PCARecon,
+    _masked_quantiles,
+    default_baselines,
+    image_statistics,
+)
+from brainad.config import EvaluateConfig, LesionConfig
+
+SIZE = 32
+
+
+def _brains(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Ellipses with a shared smooth anatomy plus small per-image variation; background -1."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-1 : 1 : SIZE * 1j, -1 : 1 : SIZE * 1j]
+    brain = (xx / 0.8) ** 2 + (yy / 0.85) ** 2 <= 1.0
+    images = np.full((n, 1, SIZE, SIZE), -1.0, np.float32)
+    for i in range(n):
+        anatomy = 0.3 * np.cos(2 * xx) * np.cos(2 * yy) + 0.1 * rng.normal() * xx
+        texture = anatomy + shift + 0.03 * rng.normal(size=xx.shape)
+        images[i, 0][brain] = texture[brain]
+    return images, np.repeat(brain[None, None], n, axis=0)
+
+
+@pytest.fixture
+def train() -> tuple[np.ndarray, np.ndarray]:
+    return _brains(24, seed=0)
+
+
+@pytest.fixture
+def config() -> EvaluateConfig:
+    return EvaluateConfig(
+        bootstrap=10,
+        ci=0.95,
+        pca_components=5,
+        seed=0,
+        lesions=LesionConfig(1, (0.1, 0.1), (2.0, 2.0), 1.0, 0),
+    )
+
+
+def test_default_baselines_fit_and_score_shapes(
+    config: EvaluateConfig, train: tuple[np.ndarray, np.ndarray]
+) -> None:
+    baselines = default_baselines(config)
+    assert [b.name for b in baselines] == [
+        "mean_intensity",
+        "image_stats",
+        "pca_recon",
+        "nearest_neighbour",
+    ]
+    held_out = _brains(5, seed=1)
+    shifted = _brains(5, seed=2, shift=0.4)  # a confounded "other source": brighter overall
+    for baseline in baselines:
+        assert isinstance(baseline, Baseline)
+        baseline.fit(*train)
+        normal = baseline.score(*held_out)
+        odd = baseline.score(*shifted)
+        assert normal.shape == (5,) and np.isfinite(normal).all(), baseline.name
+        if baseline.name == "pca_recon":  # per-image standardisation: blind to a global shift
+            assert abs(odd.mean() - normal.mean()) < 0.5 * normal.mean()
+        else:  # the trivial statistics see the confound
+            assert odd.min() > normal.max(), baseline.name
+
+
+def test_scoring_before_fit_raises(train: tuple[np.ndarray, np.ndarray]) -> None:
+    for baseline in (MeanIntensity(), ImageStats(), PCARecon(3), NearestNeighbour()):
+        with pytest.raises(RuntimeError, match="fit"):
+            baseline.score(*train)
+
+
+def test_mean_intensity_is_abs_z_of_brain_mean() -> None:
+    masks = np.zeros((3, 1, 8, 8), bool)
+    masks[:, :, 2:6, 2:6] = True
+    images = np.full((3, 1, 8, 8), -1.0, np.float32)
+    for i, value in enumerate([0.0, 0.2, 0.1]):
+        images[i][masks[i]] = value
+    baseline = MeanIntensity()
+    baseline.fit(images[:2], masks[:2])  # training means 0.0 and 0.2 → centre 0.1, std 0.1
+    test = images.copy()
+    test[2][masks[2]] = 0.4
+    np.testing.assert_allclose(baseline.score(test, masks), [1.0, 1.0, 3.0], rtol=1e-5)
+
+
+def test_image_statistics_by_hand() -> None:
+    masks = np.zeros((1, 1, 10, 10), bool)
+    masks[0, 0, :, :5] = True  # half the slice
+    images = np.full((1, 1, 10, 10), -1.0, np.float32)
+    values = np.linspace(-0.5, 0.5, 50, dtype=np.float32)
+    images[0, 0, :, :5] = values.reshape(10, 5)
+    features = image_statistics(images, masks)[0]
+    assert features[0] == pytest.approx(0.0, abs=1e-7)
+    assert features[1] == pytest.approx(values.std(), rel=1e-5)
+    assert features[2] == pytest.approx(0.0, abs=1e-6)  # symmetric → no skew
+    assert features[3] == pytest.approx(-1.2, abs=0.01)  # uniform: excess kurtosis ≈ −1.2
+    assert features[4] == pytest.approx(0.5)
+    assert features[5] == pytest.approx(np.quantile(values, 0.01), rel=1e-5)
+    assert features[6] == pytest.approx(np.quantile(values, 0.99), rel=1e-5)
+
+
+def test_masked_quantiles_match_numpy() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(4, 30))
+    inside = rng.random((4, 30)) < 0.6
+    out = _masked_quantiles(values, inside, (0.01, 0.5, 0.99))
+    for row in range(4):
+        expected = np.quantile(values[row][inside[row]], [0.01, 0.5, 0.99])
+        np.testing.assert_allclose(out[row], expected)
+
+
+def test_pca_recon_scores_lesion_higher_and_maps(train: tuple[np.ndarray, np.ndarray]) -> None:
+    baseline = PCARecon(n_components=5, seed=0)
+    baseline.fit(*train)
+    held_out, masks = _brains(4, seed=3)
+    odd = held_out.copy()
+    odd[:, 0, 10:15, 10:15] += 0.8  # a bright square inside the brain
+    normal_scores = baseline.score(held_out, masks)
+    odd_scores = baseline.score(odd, masks)
+    assert (odd_scores > normal_scores).all()
+    maps = baseline.maps(odd, masks)
+    assert maps.shape == odd.shape and not maps[~masks].any()
+    inside_square = maps[:, 0, 10:15, 10:15].mean()
+    assert inside_square > 3 * maps[masks].mean()
+
+
+def test_pca_components_clamped_and_validated(train: tuple[np.ndarray, np.ndarray]) -> None:
+    baseline = PCARecon(n_components=100)
+    baseline.fit(*train)  # 24 images → at most 24 components
+    assert baseline.pca.n_components_ <= 24
+    with pytest.raises(ValueError, match="pca_components"):
+        PCARecon(0)
+
+
+def test_nearest_neighbour_distances(train: tuple[np.ndarray, np.ndarray]) -> None:
+    images, masks = train
+    baseline = NearestNeighbour(chunk=5)  # several chunks
+    baseline.fit(images, masks)
+    np.testing.assert_allclose(baseline.score(images, masks), 0.0, atol=1e-6)
+    # at 32 px no pooling: shifting every brain pixel by 0.1 moves the nearest distance by
+    # at most 0.1·√(brain pixels) (the identical training image is at exactly that distance)
+    shifted = images + 0.1 * masks
+    scores = baseline.score(shifted, masks)
+    assert (scores > 0).all()
+    assert (scores <= 0.1 * np.sqrt(masks[0].sum()) + 1e-5).all()
+
+
+def test_bad_shapes_raise(train: tuple[np.ndarray, np.ndarray]) -> None:
+    images, masks = train
+    with pytest.raises(ValueError, match="shape"):
+        MeanIntensity().fit(images[:, 0], masks[:, 0])
+    with pytest.raises(ValueError, match="differs"):
+        MeanIntensity().fit(images, masks[:3])

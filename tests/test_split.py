@@ -223,3 +223,23 @@ def test_split_csv_keeps_non_utf8_names(tmp_path: Path) -> None:
     clusters = cluster_duplicates(rows, 4)
     write_split(tmp_path / "s.csv", rows, clusters, split_by_cluster(rows, clusters, CONFIG))
     assert [r["path"] for r in read_split(tmp_path / "s.csv")] == [r["path"] for r in rows]
+
+
+def test_demo_hash_distance_finds_every_planted_phantom_duplicate(tmp_path: Path) -> None:
+    """Ground truth from the phantom generator: each planted near-duplicate shares a cluster."""
+    from brainad.config import FilterConfig, load_study
+    from brainad.data.manifest import build_manifest
+    from brainad.data.phantom import write_phantom_dataset
+
+    root_dir = Path(__file__).resolve().parents[1]
+    demo = load_study("demo", root_dir / "params.yaml")
+    phantom = replace(demo.phantom, n_healthy=60, n_anomalous=10, image_size=160)
+    summary = write_phantom_dataset(phantom, tmp_path / "raw")
+    manifest = build_manifest(tmp_path / "raw", FilterConfig(("notumor",), ("glioma",)), 10**7)
+    clusters = cluster_duplicates(manifest.rows, demo.split.hash_distance)
+    index = {row["path"]: i for i, row in enumerate(manifest.rows)}
+    pairs = summary["duplicates"]
+    assert pairs, "the phantom should plant near-duplicates"
+    for pair in pairs:
+        assert clusters.ids[index[pair["source"]]] == clusters.ids[index[pair["copy"]]], pair
+    assert len(set(clusters.ids.tolist())) == len(manifest.rows) - len(pairs)

@@ -5,12 +5,29 @@ from brainad.stage import stage_setup
 
 
 def main(argv=None) -> None:
-    args, config = stage_setup(__doc__, [
-        "arrays-dir", "vqgan", "dcgan", "vqgan-train", "dcgan-train", "prepare-report",
-        "scorers-dir", "report-dir"], argv)
-    run_evaluate(config, args.arrays_dir, {"vqgan": args.vqgan, "dcgan": args.dcgan},
-                 args.scorers_dir, args.prepare_report,
-                 {"vqgan": args.vqgan_train, "dcgan": args.dcgan_train}, args.report_dir)
+    args, config = stage_setup(
+        __doc__,
+        [
+            "arrays-dir",
+            "vqgan",
+            "dcgan",
+            "vqgan-train",
+            "dcgan-train",
+            "prepare-report",
+            "scorers-dir",
+            "report-dir",
+        ],
+        argv,
+    )
+    run_evaluate(
+        config,
+        args.arrays_dir,
+        {"vqgan": args.vqgan, "dcgan": args.dcgan},
+        args.scorers_dir,
+        args.prepare_report,
+        {"vqgan": args.vqgan_train, "dcgan": args.dcgan_train},
+        args.report_dir,
+    )
 
 
 if __name__ == "__main__":

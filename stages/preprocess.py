@@ -6,7 +6,8 @@ from brainad.stage import stage_setup
 
 def main(argv=None) -> None:
     args, config = stage_setup(
-        __doc__, ["raw", "manifest", "split", "arrays-dir", "report-dir"], argv)
+        __doc__, ["raw", "manifest", "split", "arrays-dir", "report-dir"], argv
+    )
     run_preprocess(config, args.raw, args.manifest, args.split, args.arrays_dir, args.report_dir)
 
 

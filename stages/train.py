@@ -6,10 +6,14 @@ from brainad.trainer import run_train
 
 def main(argv=None) -> None:
     args, config = stage_setup(
-        __doc__, ["arrays-dir", "model-dir", "checkpoint-dir", "report-dir"], argv,
-        choices={"model": ("vqgan", "dcgan")})
-    run_train(config, args.model, args.arrays_dir, args.model_dir, args.checkpoint_dir,
-              args.report_dir)
+        __doc__,
+        ["arrays-dir", "model-dir", "checkpoint-dir", "report-dir"],
+        argv,
+        choices={"model": ("vqgan", "dcgan")},
+    )
+    run_train(
+        config, args.model, args.arrays_dir, args.model_dir, args.checkpoint_dir, args.report_dir
+    )
 
 
 if __name__ == "__main__":

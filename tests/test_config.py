@@ -26,7 +26,9 @@ def test_every_study_loads_and_demo_overrides_apply() -> None:
     configs = {n: load_study(n, ROOT / "params.yaml") for n in names}
     assert all(isinstance(c, StudyConfig) for c in configs.values())
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert configs["demo"].preprocess.image_size == raw["studies"]["demo"]["preprocess"]["image_size"]
+    assert (
+        configs["demo"].preprocess.image_size == raw["studies"]["demo"]["preprocess"]["image_size"]
+    )
     assert configs["thesis"].preprocess.image_size == raw["defaults"]["preprocess"]["image_size"]
     assert configs["demo"].source.kind == "synthetic"
     assert isinstance(configs["demo"].vqgan.model.channel_mult, tuple)
@@ -36,7 +38,11 @@ def test_thesis_study_keeps_the_reproduced_settings() -> None:
     thesis = load_study("thesis", ROOT / "params.yaml")
     assert thesis.preprocess.image_size == 128
     assert thesis.vqgan.fit.epochs == 1000
-    assert (thesis.vqgan.fit.lr, thesis.vqgan.fit.beta1, thesis.vqgan.fit.beta2) == (2e-4, 0.5, 0.999)
+    assert (thesis.vqgan.fit.lr, thesis.vqgan.fit.beta1, thesis.vqgan.fit.beta2) == (
+        2e-4,
+        0.5,
+        0.999,
+    )
     assert thesis.vqgan.fit.extra_sample_epochs == (500,)
     assert thesis.preprocess.normalisation == "thesis"
 
@@ -51,7 +57,10 @@ def test_thesis_study_keeps_the_reproduced_settings() -> None:
         (lambda p: p["defaults"]["preprocess"].update(normalisation="minmax"), "normalisation"),
         (lambda p: p["defaults"]["preprocess"].update(percentiles=[1.0]), "preprocess.percentiles"),
         (lambda p: p["defaults"]["vqgan"]["fit"].update(batch_size=True), "batch_size"),
-        (lambda p: p["studies"]["demo"]["split"].update(hash_distanc=4), "studies.demo.split.hash_distanc"),
+        (
+            lambda p: p["studies"]["demo"]["split"].update(hash_distanc=4),
+            "studies.demo.split.hash_distanc",
+        ),
         (lambda p: p["studies"]["demo"].pop("score"), "score"),
     ],
 )
@@ -73,4 +82,6 @@ def test_ints_are_accepted_for_floats_and_config_is_frozen() -> None:
     assert isinstance(config.vqgan.model.adv_cap, float)
     with pytest.raises(AttributeError):
         config.split.seed = 3  # type: ignore[misc]
-    assert to_dict(config)["vqgan"]["model"]["channel_mult"] == list(config.vqgan.model.channel_mult)
+    assert to_dict(config)["vqgan"]["model"]["channel_mult"] == list(
+        config.vqgan.model.channel_mult
+    )

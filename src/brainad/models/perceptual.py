@@ -28,7 +28,9 @@ class _TwoBranch(nn.Module):
         self.residual = nn.Conv2d(in_channels, 2 * channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = torch.cat([F.leaky_relu(self.small(x), 0.2), F.leaky_relu(self.large(x), 0.2)], 1)
+        branches = torch.cat(
+            [F.leaky_relu(self.small(x), 0.2), F.leaky_relu(self.large(x), 0.2)], 1
+        )
         return branches + self.residual(x)  # (B, 2C, H, W)
 
 
@@ -138,6 +140,10 @@ def perceptual_map(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     total = torch.zeros(x.shape[0], 1, *size, device=x.device, dtype=torch.float32)
     fx, fy = net.features(x), net.features(y)
     for a, b in zip(fx, fy):
-        d = (F.normalize(a.float(), dim=1) - F.normalize(b.float(), dim=1)).pow(2).sum(1, keepdim=True)
+        d = (
+            (F.normalize(a.float(), dim=1) - F.normalize(b.float(), dim=1))
+            .pow(2)
+            .sum(1, keepdim=True)
+        )
         total = total + F.interpolate(d, size=size, mode="bilinear", align_corners=False)
     return total / len(fx)

@@ -1,0 +1,170 @@
+"""The data stages (prepare, split, preprocess) as library functions called by ``stages/*.py``.
+
+Paths come from ``dvc.yaml`` (through the stage's argv), values from the study's typed config.
+Each function imports the modules it uses inside, so a stage's DVC deps are exactly those files.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+
+from brainad.config import StudyConfig, to_dict
+from brainad.utils import write_json
+
+log = logging.getLogger("brainad")
+
+
+def run_prepare(
+    config: StudyConfig, raw_dir: Path, download_dir: Path, manifest_path: Path, report_path: Path
+) -> dict:
+    """Acquire the raw data, filter classes and write the manifest with the dataset fingerprint."""
+    from brainad.data import manifest as manifest_lib
+    from brainad.data.sources import acquire
+
+    result = acquire(config.source, config.phantom, raw_dir, download_dir)
+    manifest = manifest_lib.build_manifest(result.root, config.filter, config.preprocess.max_pixels)
+    manifest_lib.write_manifest(manifest_path, manifest)
+    errors = Counter(row["error"] for row in manifest.rows if row["error"])
+    report = {
+        "study": config.name,
+        "source": result.record,
+        "fingerprint": manifest.fingerprint,
+        "files": len(manifest.rows),
+        "by_class": dict(Counter(row["class_name"] for row in manifest.rows)),
+        "by_folder": dict(Counter(row["folder"] for row in manifest.rows)),
+        "excluded_by_class": manifest.excluded,
+        "unreadable": sum(errors.values()),
+        "unreadable_reasons": dict(errors),
+        "warnings": manifest.warnings,
+    }
+    write_json(report_path, report)
+    log.info(
+        "prepare: %d files (fingerprint %s…), %d unreadable, excluded %s",
+        len(manifest.rows),
+        manifest.fingerprint[:12],
+        report["unreadable"],
+        manifest.excluded,
+    )
+    return report
+
+
+def run_split(
+    config: StudyConfig, raw_dir: Path, manifest_path: Path, split_path: Path, report_dir: Path
+) -> dict:
+    """Cluster near-duplicates, split by cluster, report, and draw example clusters."""
+    from brainad.data import manifest as manifest_lib
+    from brainad.data import split as split_lib
+
+    rows = manifest_lib.read_manifest(manifest_path)
+    clusters = split_lib.cluster_duplicates(rows, config.split.hash_distance)
+    result = split_lib.split_by_cluster(rows, clusters, config.split)
+    report = split_lib.split_report(rows, clusters, result, config.split.hash_distance)
+    split_lib.write_split(split_path, rows, clusters, result)
+    write_json(report_dir / "split.json", report)
+    split_lib.plot_duplicate_clusters(
+        raw_dir, rows, clusters, report_dir / "duplicates.png", seed=config.split.seed
+    )
+    log.info(
+        "split: %s; cross-split near-duplicate pairs: %d",
+        dict(Counter(result.assignment)),
+        report["cross_split_near_duplicate_pairs"],
+    )
+    return report
+
+
+def run_preprocess(
+    config: StudyConfig,
+    raw_dir: Path,
+    manifest_path: Path,
+    split_path: Path,
+    arrays_dir: Path,
+    report_dir: Path,
+) -> dict:
+    """Decode, skull-strip, crop, normalise each split into compact arrays; QA figures and stats.
+
+    Every file of the manifest is accounted for in the report: it is in a split's arrays, was
+    quarantined (with its reason), or was not selected by the split stage (with the reason).
+    """
+    from brainad.data import arrays as arrays_lib
+    from brainad.data import manifest as manifest_lib
+    from brainad.data import preprocess as preprocess_lib
+    from brainad.data import split as split_lib
+
+    rows = {row["path"]: row for row in manifest_lib.read_manifest(manifest_path)}
+    assignment = {r["path"]: r["split"] for r in split_lib.read_split(split_path)}
+    missing = sorted(set(rows) - set(assignment))
+    if missing:
+        raise ValueError(
+            f"{split_path}: {len(missing)} manifest files have no split row "
+            f"(e.g. {missing[0]}); re-run the split stage"
+        )
+    report: dict = {
+        "study": config.name,
+        "config": to_dict(config.preprocess),
+        "splits": {},
+        "not_selected": dict(Counter(s for s in assignment.values() if s not in split_lib.SPLITS)),
+    }
+    quarantined: list[dict] = []
+    records: list[dict] = []
+    samples: dict[str, list] = {}
+    for split in split_lib.SPLITS:
+        split_rows = [rows[p] for p, s in assignment.items() if s == split]
+        out = arrays_lib.preprocess_files(raw_dir, split_rows, config.preprocess)
+        arrays_lib.save_arrays(arrays_dir / f"{split}.npz", out.arrays)
+        quarantined += [
+            {"path": q.path, "reason": q.reason, "split": split} for q in out.quarantined
+        ]
+        records += out.records
+        report["splits"][split] = {
+            "files_in": len(split_rows),
+            "accepted": len(out.arrays.labels),
+            "quarantined": len(out.quarantined),
+            "by_class": dict(Counter(out.arrays.class_names.tolist())),
+        }
+        _collect_qa_samples(raw_dir, out, samples, config)
+    report["quarantined"] = quarantined
+    report["coverage"] = preprocess_lib.coverage_stats(records)
+    report["files_in"] = len(rows)
+    report["accounted"] = sum(
+        s["accepted"] + s["quarantined"] for s in report["splits"].values()
+    ) + sum(report["not_selected"].values())
+    if report["accounted"] != report["files_in"]:
+        raise RuntimeError(
+            f"preprocess lost files: {report['files_in']} in, {report['accounted']} accounted for"
+        )
+    for class_name, items in sorted(samples.items()):
+        preprocess_lib.qa_figure(
+            items,
+            report_dir / f"qa_{class_name}.png",
+            title=f"{config.name}: {class_name} (input, mask, output)",
+            config=config.preprocess,
+        )
+    write_json(report_dir / "preprocess.json", report)
+    log.info(
+        "preprocess: %s; quarantined %d",
+        {k: v["accepted"] for k, v in report["splits"].items()},
+        len(quarantined),
+    )
+    return report
+
+
+def _collect_qa_samples(
+    raw_dir: Path, out, samples: dict, config: StudyConfig, per_class: int = 6
+) -> None:
+    """Keep a few random accepted images per class (re-decoded) for the QA figure."""
+    from brainad.data.imageio import read_image
+    from brainad.data.preprocess import preprocess_slice
+
+    rng = random.Random(f"{config.name}-qa")
+    by_class: dict[str, list[int]] = {}
+    for index, name in enumerate(out.arrays.class_names.tolist()):
+        by_class.setdefault(name, []).append(index)
+    for name, indices in by_class.items():
+        have = samples.setdefault(name, [])
+        for index in rng.sample(indices, min(len(indices), per_class - len(have))):
+            path = str(out.arrays.paths[index])
+            gray = read_image(raw_dir / path, config.preprocess.max_pixels).gray
+            have.append((path, gray, preprocess_slice(gray, config.preprocess)))

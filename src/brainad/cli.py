@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,9 +56,11 @@ def score_files(model_path: Path, files: Sequence[Path], device: str = "auto"):
 
     torch_device = select_device(device)
     bundle = load_scorer(model_path, device=torch_device)
+    files = [Path(f).resolve() for f in files]
+    root = Path(os.path.commonpath([f.parent for f in files]))
     rows = [
         {
-            "path": str(f),
+            "path": f.relative_to(root).as_posix(),
             "label": "healthy",
             "class_name": "",
             "folder": "",
@@ -66,7 +69,7 @@ def score_files(model_path: Path, files: Sequence[Path], device: str = "auto"):
         }
         for f in files
     ]
-    out = preprocess_files(Path(""), rows, bundle.preprocess)
+    out = preprocess_files(root, rows, bundle.preprocess)
     scored = score_images(
         bundle.scorer(torch_device),
         bundle.calibration,
@@ -79,7 +82,12 @@ def score_files(model_path: Path, files: Sequence[Path], device: str = "auto"):
     reasons = {q.path: q.reason for q in out.quarantined}
     result = []
     for row in rows:
-        entry = {"path": row["path"], "sha256": row["sha256"], "status": "scored", "reason": ""}
+        entry = {
+            "path": str(root / row["path"]),
+            "sha256": row["sha256"],
+            "status": "scored",
+            "reason": "",
+        }
         i = by_path.get(row["path"])
         if i is None:
             entry.update(status="quarantined", reason=reasons.get(row["path"], "not decoded"))

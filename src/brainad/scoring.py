@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from brainad.config import ScoreConfig
 from brainad.models.perceptual import perceptual_map
+from brainad.utils import console
 
 log = logging.getLogger("brainad")
 
@@ -413,7 +414,7 @@ class Scorer:
         if progress:
             from rich.progress import track
 
-            starts = track(starts, description="scoring", transient=True)
+            starts = track(starts, description="scoring", transient=True, console=console())
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.components}
         maps, recons = [], []
         for start in starts:

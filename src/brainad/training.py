@@ -36,7 +36,7 @@ from brainad.checkpoint import CheckpointError, load_checkpoint, restore_rng, sa
 from brainad.config import FitConfig, to_dict
 from brainad.data.dataset import augment_batch, batch_indices
 from brainad.models.protocol import StepOutput
-from brainad.utils import atomic_path, select_device, write_text
+from brainad.utils import atomic_path, console, select_device, write_text
 
 log = logging.getLogger("brainad")
 
@@ -650,6 +650,7 @@ class _Reporter:
             MofNCompleteColumn(),
             TimeRemainingColumn(),
             disable=not self.enabled,
+            console=console(),
         )
         self.epochs = self.progress.add_task(
             f"{run.module.name} {run.phase}", total=run.config.epochs, completed=start

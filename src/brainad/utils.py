@@ -86,13 +86,29 @@ def select_device(prefer: str = "auto") -> Any:
     return torch.device("cpu")
 
 
+_CONSOLE: Any = None
+
+
+def console() -> Any:
+    """The one rich console (stderr) shared by logging and progress bars, so stdout stays clean
+    for machine-readable output such as ``brainad audit``."""
+    global _CONSOLE
+    if _CONSOLE is None:
+        from rich.console import Console
+
+        _CONSOLE = Console(stderr=True)
+    return _CONSOLE
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Configure a rich console handler for the ``brainad`` logger (called by entrypoints only)."""
     from rich.logging import RichHandler
 
     root = logging.getLogger("brainad")
     if not any(isinstance(h, RichHandler) for h in root.handlers):
-        handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+        handler = RichHandler(
+            console=console(), show_path=False, rich_tracebacks=False, markup=False
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
     root.setLevel(level)

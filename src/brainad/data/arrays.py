@@ -22,7 +22,7 @@ from rich.progress import Progress
 from brainad.config import PreprocessConfig
 from brainad.data.imageio import ImageDecodeError, read_image
 from brainad.data.preprocess import Preprocessed, preprocess_slice
-from brainad.utils import atomic_path
+from brainad.utils import atomic_path, console
 
 log = logging.getLogger("brainad")
 
@@ -234,7 +234,7 @@ def preprocess_files(root: Path, rows: list[dict], config: PreprocessConfig) -> 
         _check_row(row, index)
     accepted: list[_Accepted] = []
     quarantined: list[Quarantined] = []
-    with Progress(transient=True) as progress:
+    with Progress(transient=True, console=console()) as progress:
         task = progress.add_task("preprocessing", total=len(rows))
         for row in rows:
             try:

@@ -27,7 +27,7 @@ from rich.progress import track
 
 from brainad.config import FilterConfig
 from brainad.data.imageio import IMAGE_SUFFIXES, ImageDecodeError, read_image
-from brainad.utils import atomic_path
+from brainad.utils import atomic_path, console
 
 log = logging.getLogger("brainad")
 
@@ -280,7 +280,9 @@ def build_manifest(root: Path, filter: FilterConfig, max_pixels: int) -> Manifes
     walk = _walk(root, filter)
     rows = [
         _read_row(root, entry, max_pixels)
-        for entry in track(walk.entries, description="manifest", total=len(walk.entries))
+        for entry in track(
+            walk.entries, description="manifest", total=len(walk.entries), console=console()
+        )
     ]
     rows.sort(key=lambda row: row["path"])
     for warning in walk.warnings:

@@ -481,7 +481,6 @@ def _range_start(response: http.client.HTTPResponse) -> int | None:
 @contextlib.contextmanager
 def _progress(name: str, total: int | None, completed: int) -> Iterator[Callable[[int], None]]:
     """A rich download bar on stderr; yields ``advance(n_bytes)``."""
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -491,6 +490,8 @@ def _progress(name: str, total: int | None, completed: int) -> Iterator[Callable
         TransferSpeedColumn,
     )
 
+    from brainad.utils import console
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -498,7 +499,7 @@ def _progress(name: str, total: int | None, completed: int) -> Iterator[Callable
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True)) as progress:
+    with Progress(*columns, console=console()) as progress:
         task = progress.add_task(name, total=total, completed=completed)
         yield lambda n: progress.advance(task, n)
 

@@ -759,6 +759,13 @@ def _epoch(
     reporter.end_epoch(entry)
 
 
+def _clear_old_samples(samples_dir: Path) -> None:
+    """A fresh (not resumed) run starts with no sample grids of an earlier run (the folder is a
+    DVC ``persist`` output so that a resumed run keeps its own earlier grids)."""
+    for old in samples_dir.glob("epoch_*.png"):
+        old.unlink()
+
+
 def fit(
     module: nn.Module,
     train: torch.Tensor,
@@ -802,6 +809,8 @@ def fit(
                 "training %s (%s) on %s in %s, %d process(es), epochs %d..%d",
                 module.name, phase, device, run.precision.name, ctx.world, start + 1, config.epochs,
             )  # fmt: skip
+        if start == 0 and ctx.is_main:
+            _clear_old_samples(Path(paths.samples_dir))
         samples = sample_batch.to(device) if sample_batch is not None else None
         with _Reporter(run, start) as reporter:
             for epoch in range(start, config.epochs):

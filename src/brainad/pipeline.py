@@ -107,15 +107,21 @@ def run_preprocess(
         "splits": {},
         "not_selected": dict(Counter(s for s in assignment.values() if s not in split_lib.SPLITS)),
     }
-    quarantined: list[dict] = []
+    quarantined: list[dict] = [
+        {"path": p, "reason": rows[p]["error"], "stage": "prepare"}
+        for p, s in assignment.items()
+        if s == "quarantined"
+    ]
     records: list[dict] = []
     samples: dict[str, list] = {}
+    outputs = {}
     for split in split_lib.SPLITS:
         split_rows = [rows[p] for p, s in assignment.items() if s == split]
         out = arrays_lib.preprocess_files(raw_dir, split_rows, config.preprocess)
-        arrays_lib.save_arrays(arrays_dir / f"{split}.npz", out.arrays)
+        outputs[split] = out.arrays
         quarantined += [
-            {"path": q.path, "reason": q.reason, "split": split} for q in out.quarantined
+            {"path": q.path, "reason": q.reason, "stage": "preprocess", "split": split}
+            for q in out.quarantined
         ]
         records += out.records
         report["splits"][split] = {
@@ -142,6 +148,7 @@ def run_preprocess(
             title=f"{config.name}: {class_name} (input, mask, output)",
             config=config.preprocess,
         )
+    _replace_arrays_dir(arrays_dir, outputs)
     write_json(report_dir / "preprocess.json", report)
     log.info(
         "preprocess: %s; quarantined %d",
@@ -167,4 +174,28 @@ def _collect_qa_samples(
         for index in rng.sample(indices, min(len(indices), per_class - len(have))):
             path = str(out.arrays.paths[index])
             gray = read_image(raw_dir / path, config.preprocess.max_pixels).gray
-            have.append((path, gray, preprocess_slice(gray, config.preprocess)))
+            have.append((Path(path).name, gray, preprocess_slice(gray, config.preprocess)))
+
+
+def _replace_arrays_dir(arrays_dir: Path, outputs: dict) -> None:
+    """Write every split into a temporary sibling folder, then swap it in, so a crash never leaves
+    a mix of new and old split arrays."""
+    import shutil
+
+    from brainad.data.arrays import save_arrays
+
+    tmp = arrays_dir.with_name(f".{arrays_dir.name}.tmp")
+    old = arrays_dir.with_name(f".{arrays_dir.name}.old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for split, arrays in outputs.items():
+            save_arrays(tmp / f"{split}.npz", arrays)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if arrays_dir.exists():
+        arrays_dir.rename(old)
+    tmp.rename(arrays_dir)
+    shutil.rmtree(old, ignore_errors=True)

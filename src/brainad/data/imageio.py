@@ -8,13 +8,15 @@ quarantine it (with that reason in a report) instead of crashing or dropping it 
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -61,7 +63,7 @@ def read_image(path: str | Path, max_pixels: int, data: bytes | None = None) -> 
             raise ImageDecodeError(path, f"cannot be read ({exc.strerror or exc})") from exc
     if not data:
         raise ImageDecodeError(path, "empty file (0 bytes)")
-    width, height = _header_size(path, data)
+    width, height, mode = _read_header(path, data)
     if width * height > max_pixels:
         raise ImageDecodeError(
             path,
@@ -73,11 +75,17 @@ def read_image(path: str | Path, max_pixels: int, data: bytes | None = None) -> 
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None or array.size == 0:
         raise ImageDecodeError(path, "image data cannot be decoded (truncated or corrupt)")
-    return _to_gray(path, array)
+    return _to_gray(path, array, mode)
 
 
-def _header_size(path: Path, data: bytes) -> tuple[int, int]:
-    """Width and height from the header alone (no pixel decoding), verifying the data."""
+class _Header(NamedTuple):
+    width: int
+    height: int
+    mode: str  # PIL mode of the file ("L", "LA", "RGB", "I;16", ...)
+
+
+def _read_header(path: Path, data: bytes) -> _Header:
+    """Width, height and mode from the header alone (no pixel decoding), verifying the data."""
     import io
 
     try:
@@ -87,16 +95,24 @@ def _header_size(path: Path, data: bytes) -> tuple[int, int]:
             Image.MAX_IMAGE_PIXELS = None  # the caller applies its own max_pixels
             try:
                 with Image.open(io.BytesIO(data)) as img:
-                    size = img.size
+                    size, mode = img.size, img.mode
                     img.verify()  # structural check, catches most truncated files
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except Exception as exc:  # PIL raises many exception types for non-images
-        raise ImageDecodeError(path, f"not a readable image ({type(exc).__name__}: {exc})") from exc
-    return int(size[0]), int(size[1])
+        raise ImageDecodeError(path, f"not a readable image ({_describe(exc)})") from exc
+    return _Header(int(size[0]), int(size[1]), str(mode))
 
 
-def _to_gray(path: Path, array: np.ndarray) -> DecodedImage:
+def _describe(exc: Exception) -> str:
+    """A reproducible description of a PIL error (no object addresses, which vary per run)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "the content is not a recognised image format"
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<data>", str(exc))
+    return f"{type(exc).__name__}: {text}"
+
+
+def _to_gray(path: Path, array: np.ndarray, mode: str) -> DecodedImage:
     if array.dtype == np.uint8:
         bit_depth, scale = 8, 255.0
     elif array.dtype == np.uint16:
@@ -104,6 +120,8 @@ def _to_gray(path: Path, array: np.ndarray) -> DecodedImage:
     else:
         raise ImageDecodeError(path, f"unsupported pixel type {array.dtype} (use 8 or 16-bit)")
     channels = 1 if array.ndim == 2 else int(array.shape[2])
+    if channels == 4 and mode in ("LA", "La"):  # OpenCV expands grey + alpha to BGRA
+        array, channels = array[..., [0, 3]], 2
     if channels == 1:
         gray = array if array.ndim == 2 else array[..., 0]
     elif channels == 2:  # gray + alpha

@@ -435,10 +435,12 @@ def qa_figure(
     title: str,
     config: PreprocessConfig | None = None,
 ) -> None:
-    """Save a QA grid: one row per class; per sample the input, the mask overlay and the output.
+    """Save a QA grid: one row per distinct label; per sample the input, mask overlay and output.
 
     Args:
-        samples: ``(class_name, input slice, preprocessed)``; the caller picks them at random.
+        samples: ``(row label, input slice, preprocessed)``; the label is a class name (one row
+            per class) or a file name (one row per file, as the preprocess stage draws it for
+            each class); the caller picks the samples at random.
         out_png: PNG written atomically.
         title: figure title.
         config: if given, the overlay shows the extraction mask on the full input (recomputed);

@@ -262,7 +262,7 @@ def _copy_entry(
             rejected.append({"member": member, "reason": "broken or looping symlink; not followed"})
             return
         if not real.is_relative_to(root):
-            reason = f"symlink to {real}, outside the source folder; not followed"
+            reason = "symlink points outside the source folder; not followed"
             rejected.append({"member": member, "reason": reason})
             return
     mode = real.stat().st_mode

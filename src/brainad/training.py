@@ -362,7 +362,10 @@ def _new_run(
     return _Run(
         module=module, config=config, paths=paths, phase=phase, device=device, ctx=ctx,
         precision=precision, fingerprint=fingerprint, train=train, params=params,
-        optimizers={n: torch.optim.Adam(p, lr=config.lr, betas=betas) for n, p in params.items()},
+        optimizers={  # fused: one kernel per step instead of a per-parameter loop on CPU
+            n: torch.optim.Adam(p, lr=config.lr, betas=betas, fused=True)
+            for n, p in params.items()
+        },
         scaler=torch.amp.GradScaler(device.type, enabled=precision.name == "fp16"),
     )  # fmt: skip
 

@@ -1,0 +1,213 @@
+"""Smoke test of ``python -m benchmarks.run --quick`` (JSON schema, consistency, markdown table)
+and of the no-op ``dvc repro`` measurement against a stand-in ``dvc`` executable (real DVC is
+never run here)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import stat
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOP_KEYS = {
+    "schema",
+    "created",
+    "quick",
+    "study",
+    "sizes",
+    "machine",
+    "matmul",
+    "training",
+    "scoring",
+    "dvc_noop_repro",
+    "demo_end_to_end",
+    "targets",
+}
+MACHINE_KEYS = {
+    "cpu_model",
+    "logical_cores",
+    "usable_cores",
+    "torch",
+    "torch_threads",
+    "cpu_bf16_supported",
+    "device",
+    "load_average_1m",
+}
+TRAINING_KEYS = {
+    "model",
+    "device",
+    "precision",
+    "image_size",
+    "batch_size",
+    "warmup_steps",
+    "timed_steps",
+    "step_seconds",
+    "step_seconds_median",
+    "images_per_s",
+    "flops_per_step",
+    "achieved_flops_per_s",
+    "matmul_flops_per_s",
+    "ratio_to_matmul",
+}
+SCORING_KEYS = {
+    "image_size",
+    "seconds",
+    "images_per_s",
+    "rss_peak_increase_mb",
+    "memory_method",
+    "cuda_peak_allocated_mb",
+}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """One ``--quick`` run (one torch thread: fast on a shared CPU); its JSON and stdout."""
+    out = tmp_path_factory.mktemp("bench") / "benchmarks.json"
+    command = [sys.executable, "-m", "benchmarks.run", "--quick", "--skip-dvc", "--threads", "1"]
+    proc = subprocess.run(
+        [*command, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text(encoding="utf-8")), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[ModuleType]:
+    """``benchmarks.run`` imported in this process (the repository root on ``sys.path``)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO))
+        yield importlib.import_module("benchmarks.run")
+
+
+def test_quick_run_top_level_and_machine(quick: tuple[dict, str]) -> None:
+    result, _ = quick
+    assert set(result) == TOP_KEYS
+    assert result["schema"] == "brainad-benchmarks/1"
+    assert result["quick"] is True
+    assert result["sizes"]["image_size"] == 32 and result["sizes"]["steps"] == 2
+    assert MACHINE_KEYS <= set(result["machine"])
+    assert result["machine"]["torch_threads"] == 1  # --threads was applied
+    assert isinstance(result["machine"]["cpu_bf16_supported"], bool)
+
+
+def test_quick_run_training_entries(quick: tuple[dict, str]) -> None:
+    result, _ = quick
+    training = result["training"]
+    expected = {"fp32", "bf16"} if result["machine"]["cpu_bf16_supported"] else {"fp32"}
+    cpu_cases = {(e["model"], e["precision"]) for e in training if e["device"] == "cpu"}
+    assert cpu_cases == {(m, p) for m in ("vqgan", "dcgan") for p in expected}
+    matmul = {(m["device"], m["precision"]): m["flops_per_s"] for m in result["matmul"]}
+    for e in training:
+        assert TRAINING_KEYS <= set(e)
+        assert e["image_size"] == 32 and len(e["step_seconds"]) == e["timed_steps"] == 2
+        assert min(e["step_seconds"]) > 0 and e["flops_per_step"] > 0
+        assert e["images_per_s"] == pytest.approx(e["batch_size"] / e["step_seconds_median"])
+        assert e["matmul_flops_per_s"] == matmul[(e["device"], e["precision"])]
+        assert e["ratio_to_matmul"] == pytest.approx(
+            e["flops_per_step"] / e["step_seconds_median"] / e["matmul_flops_per_s"]
+        )
+    for model in ("vqgan", "dcgan"):  # nominal FLOPs do not depend on the precision
+        assert len({e["flops_per_step"] for e in training if e["model"] == model}) == 1
+
+
+def test_quick_run_scoring_entries(quick: tuple[dict, str]) -> None:
+    result, _ = quick
+    evaluate, cli = result["scoring"]["evaluate"], result["scoring"]["cli"]
+    for entry in (evaluate, cli):
+        assert SCORING_KEYS <= set(entry)
+        assert entry["image_size"] == 32 and entry["images_per_s"] > 0
+        assert entry["rss_peak_increase_mb"] >= 0
+    assert evaluate["images"] == result["sizes"]["score_images"]
+    assert evaluate["images_per_s"] == pytest.approx(evaluate["images"] / evaluate["seconds"])
+    assert cli["files"] == result["sizes"]["cli_files"]
+    assert cli["scored"] + cli["quarantined"] == cli["files"] and cli["scored"] > 0
+
+
+def test_quick_run_targets_and_nulls(quick: tuple[dict, str]) -> None:
+    result, _ = quick
+    assert result["dvc_noop_repro"]["seconds"] is None and result["dvc_noop_repro"]["reason"]
+    assert (
+        result["demo_end_to_end"]["seconds"] is None
+        and ".ci/run" in result["demo_end_to_end"]["note"]
+    )
+    targets = {t["name"]: t for t in result["targets"]}
+    for name, target in targets.items():
+        if name.startswith("scoring"):  # 32 px is not the 128 px of the target
+            assert target["met"] is None and "128" in target["note"]
+        elif name.startswith("training"):
+            assert target["met"] == (target["value"] >= 0.8)
+    bf16_rows = [e for e in result["training"] if e["precision"] == "bf16"]
+    assert sum(n.startswith("training") for n in targets) == len(bf16_rows)
+    assert targets["no-op dvc repro (s)"]["met"] is None
+    assert targets["demo end to end (s)"]["met"] is None
+
+
+def test_quick_run_prints_markdown_table(quick: tuple[dict, str]) -> None:
+    result, stdout = quick
+    lines = stdout.splitlines()
+    assert lines[0].startswith("| model | device | precision |")
+    rows = [ln for ln in lines if ln.startswith(("| vqgan |", "| dcgan |"))]
+    assert len(rows) == len(result["training"])
+    assert any(ln.startswith("| scoring images/s (evaluate path) |") for ln in lines)
+
+
+# ----------------------------------------------------------------------------- no-op dvc repro
+def fake_dvc(folder: Path, status_json: str, repro_out: str) -> tuple[Path, Path]:
+    """An executable standing in for dvc: logs its arguments, prints canned output."""
+    log = folder / "calls.log"
+    (folder / "status.out").write_text(status_json + "\n", encoding="utf-8")
+    (folder / "repro.out").write_text(repro_out + "\n", encoding="utf-8")
+    script = folder / "dvc"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> "{log}"\n'
+        f'case "$1" in status) cat "{folder}/status.out";; repro) cat "{folder}/repro.out";; esac\n',
+        encoding="utf-8",
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script, log
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in dvc is a POSIX shell script")
+def test_dvc_noop_timed_when_up_to_date(bench: ModuleType, tmp_path: Path) -> None:
+    dvc, log = fake_dvc(tmp_path, "{}", "Stage 'evaluate@demo' didn't change, skipping")
+    result = bench.bench_dvc_noop(tmp_path, reps=2, dvc=dvc)
+    assert result["reason"] is None and len(result["seconds_all"]) == 2
+    assert result["seconds"] == pytest.approx(statistics.median(result["seconds_all"]))
+    assert result["seconds"] > 0
+    calls = log.read_text(encoding="utf-8").splitlines()
+    assert calls == [
+        "status --with-deps --json evaluate@demo",
+        "repro evaluate@demo",
+        "repro evaluate@demo",
+    ]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in dvc is a POSIX shell script")
+def test_dvc_noop_null_when_not_up_to_date(bench: ModuleType, tmp_path: Path) -> None:
+    status = json.dumps({"train@demo": [{"changed deps": {"params.yaml": "modified"}}]})
+    dvc, log = fake_dvc(tmp_path, status, "")
+    result = bench.bench_dvc_noop(tmp_path, reps=2, dvc=dvc)
+    assert result["seconds"] is None and "train@demo" in result["reason"]
+    assert "repro" not in log.read_text(encoding="utf-8")  # never reproduces a changed pipeline
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in dvc is a POSIX shell script")
+def test_dvc_noop_null_when_repro_runs_a_stage(bench: ModuleType, tmp_path: Path) -> None:
+    dvc, _ = fake_dvc(tmp_path, "{}", "Running stage 'evaluate@demo':")
+    result = bench.bench_dvc_noop(tmp_path, reps=1, dvc=dvc)
+    assert result["seconds"] is None and "not a no-op" in result["reason"]
+
+
+def test_dvc_noop_null_when_dvc_missing(bench: ModuleType, tmp_path: Path) -> None:
+    result = bench.bench_dvc_noop(tmp_path, reps=1, dvc=tmp_path / "no-dvc")
+    assert result["seconds"] is None and "not found" in result["reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -248,6 +249,20 @@ def test_latent_optimisation_lowers_the_residual(images: torch.Tensor) -> None:
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="latent_steps"):
         model.reconstruct_by_optimisation(target, steps=-1, lr=0.05)
+
+
+def test_latent_steps_make_reconstruct_use_the_latent_search_even_under_no_grad() -> None:
+    torch.manual_seed(0)
+    plain = DCGAN(DC_CONFIG, 32).eval()
+    searching = DCGAN(dataclasses.replace(DC_CONFIG, latent_steps=20), 32).eval()
+    searching.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        target = plain.sample(2, torch.Generator().manual_seed(1))
+        quick = plain.reconstruct(target)
+        refined = searching.reconstruct(target)  # scoring calls reconstruct inside no_grad
+    assert torch.all(
+        (refined - target).pow(2).flatten(1).mean(1) < (quick - target).pow(2).flatten(1).mean(1)
+    )
 
 
 def test_dcgan_rejects_bad_image_size_and_phase() -> None:

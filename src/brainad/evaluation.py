@@ -9,6 +9,7 @@ The test split is touched once, after every choice (standardisation, threshold, 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,15 +265,21 @@ def evaluate_model(
     )
     save_scorer(scorer_path, bundle)
     test = arrays["test"]
+    started = time.perf_counter()
     result_test = score_images(
         scorer, calibration, config.score, test.images, test.brain_masks, keep_maps=True
     )
+    seconds_per_image = (time.perf_counter() - started) / max(len(test.labels), 1)
     brain = test.brain_masks[healthy_idx]
     brain = np.tile(brain, (config.evaluate.lesions.per_image, 1, 1, 1))
     result_lesion = score_images(
         scorer, calibration, config.score, lesions.images, brain, keep_maps=True
     )
     direction = calibration.details.get("val_direction", {})
+    metrics = track_metrics(
+        config, test, healthy_idx, lesions, result_test, result_lesion, calibration.threshold
+    )
+    metrics["scoring_seconds_per_image"] = seconds_per_image  # includes any latent search
     return MethodResult(
         name,
         "model",
@@ -281,9 +288,7 @@ def evaluate_model(
         float(direction.get("auroc", float("nan"))),
         result_test,
         result_lesion,
-        track_metrics(
-            config, test, healthy_idx, lesions, result_test, result_lesion, calibration.threshold
-        ),
+        metrics,
     )
 
 

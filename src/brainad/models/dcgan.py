@@ -221,10 +221,15 @@ class DCGAN(nn.Module):
         logs = {"d_loss": loss, "d_real": d_real, "d_fake": d_fake}
         return StepOutput(loss, {k: v.detach() for k, v in logs.items()})
 
-    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """``G(E(x))`` with E and G in eval mode (their modes are restored afterwards)."""
-        with _eval_mode(self.encoder, self.generator):
+        """``G(E(x))`` with E and G in eval mode (their modes are restored afterwards); with
+        ``latent_steps > 0`` refined by the AnoGAN latent search (its cost per image is in the
+        evaluate stage's ``evaluation.json``)."""
+        if self.config.latent_steps > 0:
+            return self.reconstruct_by_optimisation(
+                x, self.config.latent_steps, self.config.latent_lr
+            )
+        with torch.no_grad(), _eval_mode(self.encoder, self.generator):
             return self.generator(self.encoder(x))
 
     def discriminator_features(self, x: torch.Tensor) -> torch.Tensor:

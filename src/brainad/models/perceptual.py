@@ -91,10 +91,23 @@ class VGG16Perceptual(nn.Module):
             )
         from torchvision.models import vgg16
 
-        model = vgg16(weights=None)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-        self.body = model.features[: self._taps[-1] + 1]
+        features = vgg16(weights=None).features
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a weights-only state_dict
+            raise ValueError(
+                f"{path}: cannot be read as a VGG16 state_dict without executing code ({exc})"
+            ) from exc
+        # a full torchvision VGG16 state_dict or one of its `features` module alone
+        if any(k.startswith("features.") for k in state):
+            state = {
+                k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")
+            }
+        try:
+            features.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: not VGG16 weights ({str(exc).splitlines()[0]})") from exc
+        self.body = features[: self._taps[-1] + 1]
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         self.requires_grad_(False)

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check src stages tests benchmarks
+ruff format --check src stages tests benchmarks
 status=0
 pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then

@@ -199,3 +199,13 @@ def test_dvc_push_pull_round_trip_with_a_local_remote(tmp_path: Path) -> None:
     shutil.rmtree(repo / ".dvc" / "cache")
     run([sys.executable, "-m", "dvc", "pull"], repo, env)
     assert (repo / "data" / "blob.bin").read_bytes() == payload
+
+
+def test_forced_rerun_reproduces_identical_metrics(micro_repo) -> None:
+    """Deterministic CPU settings: re-running every stage from scratch gives the same bytes."""
+    repo, env = micro_repo
+    metrics = repo / "reports" / "demo" / "evaluate" / "metrics.json"
+    scores = repo / "reports" / "demo" / "evaluate" / "scores.csv"
+    before = metrics.read_bytes(), scores.read_bytes()
+    run([sys.executable, "-m", "dvc", "repro", "--force", "evaluate@demo"], repo, env)
+    assert (metrics.read_bytes(), scores.read_bytes()) == before

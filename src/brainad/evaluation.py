@@ -280,6 +280,11 @@ def evaluate_model(
         config, test, healthy_idx, lesions, result_test, result_lesion, calibration.threshold
     )
     metrics["scoring_seconds_per_image"] = seconds_per_image  # includes any latent search
+    extra = payload.get("extra") or {}
+    metrics["training"] = {
+        "epoch": int(payload.get("epoch", 0)),
+        **{k: extra.get(k) for k in ("precision", "world", "best", "phase", "fingerprint")},
+    }
     return MethodResult(
         name,
         "model",
@@ -426,6 +431,7 @@ def run_evaluate(
         for name, path in model_paths.items()
     ]
     results += evaluate_baselines(config, splits, healthy_idx, lesions)
+    lineage["training"] = {r.name: r.metrics["training"] for r in results if r.kind == "model"}
     compact = report.compact_metrics(results)
     write_json(report_dir / "metrics.json", compact)
     write_json(

@@ -14,6 +14,7 @@ def main(argv=None) -> None:
             "vqgan-train",
             "dcgan-train",
             "prepare-report",
+            "split-report",
             "scorers-dir",
             "report-dir",
         ],
@@ -25,6 +26,7 @@ def main(argv=None) -> None:
         {"vqgan": args.vqgan, "dcgan": args.dcgan},
         args.scorers_dir,
         args.prepare_report,
+        args.split_report,
         {"vqgan": args.vqgan_train, "dcgan": args.dcgan_train},
         args.report_dir,
     )

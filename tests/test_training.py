@@ -143,6 +143,17 @@ def test_fingerprint_tracks_settings_model_phase_and_data_not_schedule():
     assert base not in changed and len(set(changed)) == 5
 
 
+def test_fingerprint_changes_with_the_training_code(monkeypatch):
+    """A checkpoint written by other code is not resumed: a code change really re-trains."""
+    import brainad.training as training
+
+    module, data, config = _toy(), toy_data(), toy_config()
+    base = fit_fingerprint(module, data, config, "gan")
+    assert len(training.code_checksum()) == 64
+    monkeypatch.setattr(training, "code_checksum", lambda: "0" * 64)
+    assert fit_fingerprint(module, data, config, "gan") != base
+
+
 def test_stale_checkpoint_is_renamed_not_deleted(tmp_path):
     paths = _paths(tmp_path)
     fit(_toy(), toy_data(), toy_config(epochs=2), paths, device=CPU)

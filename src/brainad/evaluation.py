@@ -403,6 +403,7 @@ def run_evaluate(
     model_paths: dict[str, Path],
     scorers_dir: Path,
     prepare_report: Path,
+    split_report: Path,
     train_dirs: dict[str, Path],
     report_dir: Path,
 ) -> dict:
@@ -446,7 +447,11 @@ def run_evaluate(
     write_text(
         report_dir / "summary.md",
         report.summary_markdown(
-            config.name, results, lineage, thesis_comparison=config.source.kind != "synthetic"
+            config.name,
+            results,
+            lineage,
+            thesis_comparison=config.source.kind != "synthetic",
+            leak=read_json(split_report).get("official_split_leak"),
         ),
     )
     log.info(

@@ -200,16 +200,30 @@ def state_checksum(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def code_checksum() -> str:
+    """sha256 of the source files that determine training: this loop, checkpoints, batching and
+    augmentation, and every model module."""
+    root = Path(__file__).resolve().parent
+    files = [root / "training.py", root / "checkpoint.py", root / "data" / "dataset.py"]
+    files += sorted((root / "models").glob("*.py"))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def fit_fingerprint(module: nn.Module, train: torch.Tensor, config: FitConfig, phase: str) -> str:
     """What a resumable checkpoint must match.
 
     The fit config without its schedule-only keys (:data:`SCHEDULE_ONLY`, so ``epochs`` can be
     raised and training continues), the model name, ``spec()`` and its weights at the start of the
-    fit (a DCGAN encoder phase must not resume on top of a different generator), the phase and the
-    training data (shape, dtype, checksum).
+    fit (a DCGAN encoder phase must not resume on top of a different generator), the phase, the
+    training data (shape, dtype, checksum) and the training code (:func:`code_checksum`: a
+    checkpoint written by different code is not resumed, so a code change really re-trains).
     """
     settings = {k: v for k, v in to_dict(config).items() if k not in SCHEDULE_ONLY}
     document = {
+        "code": code_checksum(),
         "config": settings,
         "model": module.name,
         "spec": module.spec(),

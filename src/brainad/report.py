@@ -373,7 +373,7 @@ def summary_markdown(
         "## Provenance",
         "",
         "```json",
-        json.dumps(provenance, indent=2, sort_keys=True),
+        json.dumps(_brief(provenance), indent=2, sort_keys=True),
         "```",
         "",
         "Figures: `figures/`. Per-image scores: `scores.csv`. Machine-readable "
@@ -446,14 +446,20 @@ def _verdicts(results: list[MethodResult]) -> list[str]:
         best[track] = max(scored, key=lambda item: item[1], default=("none", float("nan")))
     for r in (r for r in results if r.kind == "model"):
         real, lesion = r.metrics["real"], r.metrics["lesion"]
-        both = real["roc_auc"] > best["real"][1] and lesion["roc_auc"] > best["lesion"][1]
+        above = [m["roc_auc"] > best[t][1] for t, m in (("real", real), ("lesion", lesion))]
+        clear = [
+            m.get("ci", {}).get("roc_auc", {}).get("low", float("nan")) > best[t][1]
+            for t, m in (("real", real), ("lesion", lesion))
+        ]
         lines.append(
             f"- **{r.name}**: track 1 ROC-AUC {_versus(real, best['real'])}; track 2 ROC-AUC "
             f"{_versus(lesion, best['lesion'])}; the lesioned copy scores higher in "
             f"{lesion['pairs_lesioned_higher']:.0%} of pairs. "
             + (
-                "Better than the baselines on both tracks."
-                if both
+                "Clearly better than the trivial baselines on both tracks."
+                if all(clear)
+                else "Above the trivial baselines on both tracks, but not clearly on both."
+                if all(above)
                 else "Not better than the trivial baselines on both tracks."
             )
         )
@@ -501,3 +507,13 @@ def _thesis_comparison(results: list[MethodResult], leak: dict | None) -> list[s
         "balance is that of the leak-free split (see the counts above).",
     ]
     return lines
+
+
+def _brief(provenance: dict) -> dict:
+    """Provenance for the summary: everything but the full params and source record (those are
+    in ``evaluation.json``)."""
+    out = {k: v for k, v in provenance.items() if k not in ("params", "source")}
+    source = provenance.get("source", {})
+    out["source"] = {k: source[k] for k in ("kind", "uri", "sha256", "n_files") if k in source}
+    out["params"] = f"params.yaml, study {provenance.get('study')} (in full: evaluation.json)"
+    return out

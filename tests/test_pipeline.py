@@ -24,6 +24,14 @@ from brainad.cli import main as cli_main
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
+MICRO_FIT = {
+    "epochs": 2,
+    "batch_size": 8,
+    "checkpoint_every": 1,
+    "sample_every": 1,
+    "extra_sample_epochs": [],
+    "deterministic": True,
+}
 MICRO = {
     "phantom": {"n_healthy": 48, "n_anomalous": 24, "image_size": 64},
     "preprocess": {"image_size": 32},
@@ -37,33 +45,12 @@ MICRO = {
             "disc_channels": 8,
             "disc_layers": 2,
         },
-        "fit": {
-            "epochs": 2,
-            "batch_size": 8,
-            "checkpoint_every": 1,
-            "sample_every": 1,
-            "extra_sample_epochs": [],
-            "deterministic": True,
-        },
+        "fit": MICRO_FIT,
     },
     "dcgan": {
         "model": {"latent_dim": 8, "channels": 8},
-        "fit": {
-            "epochs": 2,
-            "batch_size": 8,
-            "checkpoint_every": 1,
-            "sample_every": 1,
-            "extra_sample_epochs": [],
-            "deterministic": True,
-        },
-        "encoder_fit": {
-            "epochs": 1,
-            "batch_size": 8,
-            "checkpoint_every": 1,
-            "sample_every": 1,
-            "extra_sample_epochs": [],
-            "deterministic": True,
-        },
+        "fit": MICRO_FIT,
+        "encoder_fit": {**MICRO_FIT, "epochs": 1},
     },
     "score": {"batch_size": 16},
     "evaluate": {"bootstrap": 20, "pca_components": 4},

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -173,20 +174,34 @@ class MethodResult:
     metrics: dict
 
 
-def lesion_track(config: StudyConfig, test: SplitArrays) -> tuple[np.ndarray, LesionSet]:
-    """Indices of the healthy test scans and their lesioned copies (same scans, only the lesion differs)."""
+class LesionTrack(NamedTuple):
+    """The paired track: lesioned copies of the healthy test scans and, for each copy, its twin.
+
+    Args:
+        lesions: the lesioned copies (copy ``k`` of healthy scan ``i`` at ``k * n_healthy + i``).
+        clean_index: index in the test split of each copy's clean twin (same order as the copies).
+        brain_masks: brain masks of the copies (those of their twins).
+    """
+
+    lesions: LesionSet
+    clean_index: np.ndarray
+    brain_masks: np.ndarray
+
+
+def lesion_track(config: StudyConfig, test: SplitArrays) -> LesionTrack:
+    """Implant lesions into the healthy test scans (same scans, only the lesion differs)."""
     healthy = np.flatnonzero(test.labels == 0)
     lesions = implant_lesions(
         test.images[healthy].astype(np.float32), test.brain_masks[healthy], config.evaluate.lesions
     )
-    return healthy, lesions
+    clean_index = np.tile(healthy, config.evaluate.lesions.per_image)
+    return LesionTrack(lesions, clean_index, test.brain_masks[clean_index])
 
 
 def track_metrics(
     config: StudyConfig,
     test: SplitArrays,
-    healthy_idx: np.ndarray,
-    lesions: LesionSet,
+    track: LesionTrack,
     result_test: ScoredImages,
     result_lesion: ScoredImages,
     threshold: float,
@@ -213,17 +228,15 @@ def track_metrics(
         out["real"]["pixel"] = metrics_lib.pixel_metrics(
             test.lesion_masks[keep], result_test.maps[keep], test.brain_masks[keep], seed=ev.seed
         )
-    reps = config.evaluate.lesions.per_image
-    clean = np.tile(result_test.score[healthy_idx], reps)
+    clean = result_test.score[track.clean_index]
     lesioned = result_lesion.score
     labels = np.r_[np.zeros(len(clean), np.int8), np.ones(len(lesioned), np.int8)]
     scores = np.r_[clean, lesioned]
     out["lesion"] = _with_ci(labels, scores, threshold, ev)
     out["lesion"]["pairs_lesioned_higher"] = float(np.mean(lesioned > clean))
     if result_lesion.maps is not None:
-        brain = np.tile(test.brain_masks[healthy_idx], (reps, 1, 1, 1))
         out["lesion"]["pixel"] = metrics_lib.pixel_metrics(
-            lesions.masks, result_lesion.maps, brain, seed=ev.seed
+            track.lesions.masks, result_lesion.maps, track.brain_masks, seed=ev.seed
         )
     return out
 
@@ -241,8 +254,7 @@ def evaluate_model(
     model_path: Path,
     scorer_path: Path,
     arrays: dict[str, SplitArrays],
-    healthy_idx: np.ndarray,
-    lesions: LesionSet,
+    track: LesionTrack,
     meta: dict,
     device: torch.device,
 ) -> MethodResult:
@@ -270,15 +282,11 @@ def evaluate_model(
         scorer, calibration, config.score, test.images, test.brain_masks, keep_maps=True
     )
     seconds_per_image = (time.perf_counter() - started) / max(len(test.labels), 1)
-    brain = test.brain_masks[healthy_idx]
-    brain = np.tile(brain, (config.evaluate.lesions.per_image, 1, 1, 1))
     result_lesion = score_images(
-        scorer, calibration, config.score, lesions.images, brain, keep_maps=True
+        scorer, calibration, config.score, track.lesions.images, track.brain_masks, keep_maps=True
     )
     direction = calibration.details.get("val_direction", {})
-    metrics = track_metrics(
-        config, test, healthy_idx, lesions, result_test, result_lesion, calibration.threshold
-    )
+    metrics = track_metrics(config, test, track, result_test, result_lesion, calibration.threshold)
     metrics["scoring_seconds_per_image"] = seconds_per_image  # includes any latent search
     extra = payload.get("extra") or {}
     metrics["training"] = {
@@ -298,19 +306,21 @@ def evaluate_model(
 
 
 def evaluate_baselines(
-    config: StudyConfig, arrays: dict[str, SplitArrays], healthy_idx: np.ndarray, lesions: LesionSet
+    config: StudyConfig, arrays: dict[str, SplitArrays], track: LesionTrack
 ) -> list[MethodResult]:
     """Fit each trivial baseline on the healthy training split; calibrate on validation; test."""
     train, val, test = arrays["train"], arrays["val"], arrays["test"]
     keep = train.labels == 0
     results = []
-    brain = np.tile(test.brain_masks[healthy_idx], (config.evaluate.lesions.per_image, 1, 1, 1))
     for baseline in default_baselines(config.evaluate):
         baseline.fit(train.images[keep].astype(np.float32), train.brain_masks[keep])
         val_scores = baseline.score(val.images.astype(np.float32), val.brain_masks)
         threshold = metrics_lib.calibrate_threshold(val.labels, val_scores, config.threshold)
         results_ = []
-        for images, masks in ((test.images, test.brain_masks), (lesions.images, brain)):
+        for images, masks in (
+            (test.images, test.brain_masks),
+            (track.lesions.images, track.brain_masks),
+        ):
             images = images.astype(np.float32)
             scores = baseline.score(images, masks)
             maps = baseline.maps(images, masks) if hasattr(baseline, "maps") else None
@@ -336,8 +346,7 @@ def evaluate_baselines(
                 track_metrics(
                     config,
                     test,
-                    healthy_idx,
-                    lesions,
+                    track,
                     results_[0],
                     results_[1],
                     float(threshold.value),
@@ -414,7 +423,7 @@ def run_evaluate(
     device = select_device()
     splits = load_splits(arrays_dir)
     test = splits["test"]
-    healthy_idx, lesions = lesion_track(config, test)
+    track = lesion_track(config, test)
     lineage = provenance(config, read_json(prepare_report), device)
     meta = {"study": config.name, "dataset_fingerprint": lineage["dataset_fingerprint"]}
     results = [
@@ -424,14 +433,13 @@ def run_evaluate(
             path,
             scorers_dir / f"{name}.pt",
             splits,
-            healthy_idx,
-            lesions,
+            track,
             meta,
             device,
         )
         for name, path in model_paths.items()
     ]
-    results += evaluate_baselines(config, splits, healthy_idx, lesions)
+    results += evaluate_baselines(config, splits, track)
     lineage["training"] = {r.name: r.metrics["training"] for r in results if r.kind == "model"}
     compact = report.compact_metrics(results)
     write_json(report_dir / "metrics.json", compact)
@@ -441,9 +449,7 @@ def run_evaluate(
     )
     report.write_plot_data(report_dir / "plots", results, test)
     report.write_scores_csv(report_dir / "scores.csv", results, test)
-    report.render_figures(
-        report_dir / "figures", results, test, healthy_idx, lesions, train_dirs, config
-    )
+    report.render_figures(report_dir / "figures", results, test, track, train_dirs, config)
     write_text(
         report_dir / "summary.md",
         report.summary_markdown(

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from brainad import metrics as metrics_lib  # noqa: E402
 from brainad.data.arrays import SplitArrays  # noqa: E402
-from brainad.evaluation import MethodResult  # noqa: E402
+from brainad.evaluation import LesionTrack, MethodResult  # noqa: E402
 from brainad.utils import atomic_path, write_json, write_text  # noqa: E402
 
 log = logging.getLogger("brainad")
@@ -126,11 +126,12 @@ def _save(fig: plt.Figure, path: Path) -> None:
 
 
 def plot_curves(
-    path: Path, results: list[MethodResult], test: SplitArrays, healthy_idx: np.ndarray, reps: int
+    path: Path, results: list[MethodResult], test: SplitArrays, track: LesionTrack
 ) -> None:
     """ROC curves of every method on both tracks, side by side."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    lesion_labels = np.r_[np.zeros(len(healthy_idx) * reps), np.ones(len(healthy_idx) * reps)]
+    pairs = len(track.clean_index)
+    lesion_labels = np.r_[np.zeros(pairs), np.ones(pairs)]
     for res in results:
         style = "-" if res.kind == "model" else "--"
         pts = metrics_lib.roc_points(test.labels, res.test.score)
@@ -140,7 +141,7 @@ def plot_curves(
             style,
             label=f"{res.name} ({res.metrics['real']['roc_auc']:.2f})",
         )
-        clean = np.tile(res.test.score[healthy_idx], reps)
+        clean = res.test.score[track.clean_index]
         pts = metrics_lib.roc_points(lesion_labels, np.r_[clean, res.lesion.score])
         axes[1].plot(
             [p["fpr"] for p in pts],
@@ -262,13 +263,14 @@ def plot_heatmaps(path: Path, test: SplitArrays, res: MethodResult, n: int = 3) 
 
 
 def plot_lesion_pairs(
-    path: Path, test: SplitArrays, healthy_idx: np.ndarray, lesions, res: MethodResult, n: int = 4
+    path: Path, test: SplitArrays, track: LesionTrack, res: MethodResult, n: int = 4
 ) -> None:
     """Paired track examples: clean scan, lesioned copy, true mask, residual maps and both scores."""
     fig, axes = plt.subplots(n, 5, figsize=(8.5, 1.8 * n), squeeze=False)
-    count = min(n, len(healthy_idx))
+    lesions = track.lesions
+    count = min(n, len(track.clean_index))
     for row in range(count):
-        i = healthy_idx[row]
+        i = track.clean_index[row]
         clean, lesioned = res.test.score[i], res.lesion.score[row]
         _img(axes[row, 0], test.images[i], f"clean {clean:.2f}", vmin=-1, vmax=1)
         _img(axes[row, 1], lesions.images[row], f"lesioned {lesioned:.2f}", vmin=-1, vmax=1)
@@ -397,14 +399,12 @@ def render_figures(
     fig_dir: Path,
     results: list[MethodResult],
     test: SplitArrays,
-    healthy_idx: np.ndarray,
-    lesions,
+    track: LesionTrack,
     train_dirs: dict[str, Path],
     config,
 ) -> None:
     """Every figure of the evaluate stage."""
-    reps = config.evaluate.lesions.per_image
-    plot_curves(fig_dir / "roc.png", results, test, healthy_idx, reps)
+    plot_curves(fig_dir / "roc.png", results, test, track)
     plot_histograms(fig_dir / "score_histograms.png", results, test)
     plot_confusions(fig_dir / "confusion.png", results)
     models = [r for r in results if r.kind == "model"]
@@ -414,7 +414,7 @@ def render_figures(
         )
     for res in models:
         plot_heatmaps(fig_dir / f"heatmaps_{res.name}.png", test, res)
-        plot_lesion_pairs(fig_dir / f"lesion_pairs_{res.name}.png", test, healthy_idx, lesions, res)
+        plot_lesion_pairs(fig_dir / f"lesion_pairs_{res.name}.png", test, track, res)
     lives = {}
     for name, directory in train_dirs.items():
         for live in sorted(Path(directory).glob("live_*")):

@@ -37,6 +37,7 @@ from brainad.scoring import Calibration, Scorer, active_components, combine, fit
 log = logging.getLogger("brainad")
 
 SCORER_FORMAT = "brainad-scorer/1"
+PROVENANCE_PATHS = ("src", "stages", "params.yaml", "dvc.yaml", "pyproject.toml")
 
 
 @dataclass(frozen=True)
@@ -384,7 +385,10 @@ def provenance(config: StudyConfig, prepare_report: dict, device: torch.device) 
         "dataset_fingerprint": prepare_report["fingerprint"],
         "source": prepare_report["source"],
         "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # uncommitted changes to what produces results (not to the results or dvc.lock themselves)
+        "git_dirty": bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", *PROVENANCE_PATHS)
+        ),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

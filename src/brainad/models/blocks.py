@@ -1,10 +1,17 @@
-"""Convolutional building blocks shared by the VQGAN encoder, decoder and discriminator."""
+"""Building blocks shared by the models: convolutional blocks and the adversarial loss."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def bce_with_target(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Binary cross-entropy of discriminator ``logits`` against a constant ``target`` (0 or 1),
+    in float32 whatever the autocast precision."""
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
 def group_count(channels: int, max_groups: int = 32) -> int:

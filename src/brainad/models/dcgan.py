@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainad.config import DCGANConfig, from_dict, to_dict
+from brainad.models.blocks import bce_with_target
 from brainad.models.protocol import StepOutput
 
 Phase = Literal["gan", "encoder"]
@@ -137,11 +138,6 @@ def _eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    logits = logits.float()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
-
 class DCGAN(nn.Module):
     """DCGAN generator/discriminator plus the f-AnoGAN izi_f encoder, in two training phases.
 
@@ -196,7 +192,7 @@ class DCGAN(nn.Module):
             return self._encoder_step(real)
         z = torch.randn(real.shape[0], self.config.latent_dim, device=real.device)  # global RNG
         fake = self.generator(z)  # (B, 1, S, S)
-        loss = _bce(self.discriminator(fake), 1.0)
+        loss = bce_with_target(self.discriminator(fake), 1.0)
         return StepOutput(loss, {"adv_g": loss.detach()}, fake)
 
     def _encoder_step(self, real: torch.Tensor) -> StepOutput:
@@ -215,8 +211,8 @@ class DCGAN(nn.Module):
     ) -> StepOutput | None:
         if self.phase == "encoder":
             return None
-        d_real = _bce(self.discriminator(real), 1.0)
-        d_fake = _bce(self.discriminator(fake), 0.0)
+        d_real = bce_with_target(self.discriminator(real), 1.0)
+        d_fake = bce_with_target(self.discriminator(fake), 0.0)
         loss = d_real + d_fake
         logs = {"d_loss": loss, "d_real": d_real, "d_fake": d_fake}
         return StepOutput(loss, {k: v.detach() for k, v in logs.items()})

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainad.config import PerceptualConfig, VQGANConfig, from_dict, to_dict
-from brainad.models.blocks import Downsample, ResBlock, Upsample, group_norm
+from brainad.models.blocks import Downsample, ResBlock, Upsample, bce_with_target, group_norm
 from brainad.models.discriminator import PatchDiscriminator
 from brainad.models.perceptual import build_perceptual, perceptual_distance
 from brainad.models.protocol import StepOutput
@@ -104,11 +104,6 @@ def _validate(config: VQGANConfig, image_size: int) -> None:
         )
 
 
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    logits = logits.float()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
-
 class VQGAN(nn.Module):
     """VQGAN+D trained with L1 + perceptual + commitment + scheduled adversarial losses.
 
@@ -158,7 +153,7 @@ class VQGAN(nn.Module):
         recon = self.generator["decoder"](quant.quantized)  # (B, 1, S, S)
         l1 = F.l1_loss(recon.float(), real.float())
         perceptual = perceptual_distance(self.perceptual_net, recon, real).mean()
-        adv_g = _bce(self.discriminator(recon), 1.0)
+        adv_g = bce_with_target(self.discriminator(recon), 1.0)
         weight = adversarial_weight(epoch, self.config)
         loss = (
             self.config.l1_weight * l1
@@ -180,8 +175,8 @@ class VQGAN(nn.Module):
         return StepOutput(loss, {k: v.detach() for k, v in logs.items()}, recon)
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, epoch: int) -> StepOutput:
-        d_real = _bce(self.discriminator(real), 1.0)
-        d_fake = _bce(self.discriminator(fake), 0.0)
+        d_real = bce_with_target(self.discriminator(real), 1.0)
+        d_fake = bce_with_target(self.discriminator(fake), 0.0)
         loss = 0.5 * (d_real + d_fake)
         logs = {"d_loss": loss, "d_real": d_real, "d_fake": d_fake}
         return StepOutput(loss, {k: v.detach() for k, v in logs.items()})

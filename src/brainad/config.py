@@ -232,7 +232,10 @@ class FitConfig:
         checkpoint_every: epochs between resumable checkpoints (always also at the last epoch).
         sample_every: epochs between sample-reconstruction grids.
         extra_sample_epochs: epochs that additionally get a grid (the study's epoch 500).
-        select_metric: validation criterion for the best model: ``val_auroc`` or ``val_recon``.
+        select_metric: validation criterion for the best model: ``val_recon`` (mean residual of
+            healthy validation scans, lower is better), ``val_auroc`` (anomalous vs healthy
+            validation scans) or ``val_nll`` (token prior: mean token NLL of healthy validation
+            scans, lower is better).
         divergence_factor: stop when the generator loss exceeds this multiple of its first-epoch
             value (NaN/inf always stops).
         seed: seed for weights, batches and augmentation.
@@ -251,7 +254,7 @@ class FitConfig:
     checkpoint_every: int
     sample_every: int
     extra_sample_epochs: tuple[int, ...]
-    select_metric: Literal["val_auroc", "val_recon"]
+    select_metric: Literal["val_auroc", "val_recon", "val_nll"]
     divergence_factor: float
     seed: int
     deterministic: bool
@@ -273,6 +276,41 @@ class DCGANStudyConfig:
     model: DCGANConfig
     fit: FitConfig
     encoder_fit: FitConfig
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """The ``prior.model`` section: the token prior over the VQGAN+D latent grid
+    (:mod:`brainad.models.prior`).
+
+    Args:
+        dim: transformer width.
+        layers: transformer layers.
+        heads: attention heads (must divide ``dim``).
+        dropout: dropout inside the transformer layers (training only).
+        train_block_range: [min, max] side, in tokens, of the blocks hidden during training.
+        train_blocks: hidden blocks per training image.
+        mask_block: side, in tokens, of the blocks hidden one at a time while scoring.
+        resample_quantile: tokens whose NLL exceeds this quantile of the NLL of brain tokens of
+            healthy validation scans are replaced before decoding.
+    """
+
+    dim: int
+    layers: int
+    heads: int
+    dropout: float
+    train_block_range: tuple[int, int]
+    train_blocks: int
+    mask_block: int
+    resample_quantile: float
+
+
+@dataclass(frozen=True)
+class PriorStudyConfig:
+    """The ``prior`` section: the token prior and its training settings (the VQGAN+D is frozen)."""
+
+    model: PriorConfig
+    fit: FitConfig
 
 
 # -------------------------------------------------------------------------------- evaluation
@@ -373,6 +411,7 @@ class StudyConfig:
     perceptual: PerceptualConfig
     vqgan: VQGANStudyConfig
     dcgan: DCGANStudyConfig
+    prior: PriorStudyConfig
     score: ScoreConfig
     threshold: ThresholdConfig
     evaluate: EvaluateConfig

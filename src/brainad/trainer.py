@@ -56,6 +56,22 @@ def make_validator(val: SplitArrays, device: torch.device):
     return validate
 
 
+def make_prior_validator(val: SplitArrays, device: torch.device):
+    """A ``validate(module) -> {"val_nll", "nll_threshold"}`` callback for the token prior: it
+    calibrates the resampling threshold on the healthy validation scans (see
+    :meth:`brainad.models.prior.VQGANPrior.calibrate`) and reports their mean token NLL."""
+    healthy = val.labels == 0
+    if not healthy.any():
+        raise ValueError("validation split has no healthy images; the token prior needs some")
+    images = torch.from_numpy(val.images[healthy].astype(np.float32)).to(device)
+    masks = torch.from_numpy(val.brain_masks[healthy]).to(device)
+
+    def validate(module: nn.Module) -> dict[str, float]:
+        return module.calibrate(images, masks)
+
+    return validate
+
+
 def sample_inputs(val: SplitArrays, per_class: int = 4) -> torch.Tensor:
     """A fixed batch of validation scans (healthy first, then anomalous) for sample grids."""
     picks = []
@@ -71,8 +87,10 @@ def run_train(
     model_dir: Path,
     checkpoint_dir: Path,
     report_dir: Path,
+    base_model: Path | None = None,
 ) -> dict:
-    """Train one model (``vqgan`` or ``dcgan``) on the healthy training split with the one loop.
+    """Train one model (``vqgan``, ``dcgan`` or ``prior``) on the healthy training split with the
+    one loop. ``prior`` trains the token prior of the VQGAN+D in ``base_model`` (kept frozen).
 
     Writes ``<model_dir>/<model>.pt`` (final) and ``<model>-best.pt`` (best by the fit config's
     validation criterion, which evaluation uses), sample grids and DVCLive logs under ``report_dir``.
@@ -86,16 +104,34 @@ def run_train(
     val_arrays = load_arrays(arrays_dir / "val.npz")
     train = to_tensor(train_arrays, torch.device("cpu"), healthy_only=True)
     size = int(train.shape[-1])
-    validate = make_validator(val_arrays, device)
+    validate = (
+        make_prior_validator(val_arrays, device)
+        if model_name == "prior"
+        else make_validator(val_arrays, device)
+    )
     samples = sample_inputs(val_arrays)
 
-    def paths(phase: str, final: Path, best: Path) -> FitPaths:
-        return FitPaths(
+    def fit_phase(
+        module: nn.Module, fit_config, phase: str, final: Path, best: Path, validated: bool
+    ):
+        """One call of the one loop: checkpoints under ``checkpoint_dir/phase``, reports under
+        ``report_dir``; ``validated`` phases select by validation and draw sample grids."""
+        paths = FitPaths(
             checkpoint_dir / phase,
             final,
             best,
             report_dir / f"samples_{phase}",
             report_dir / f"live_{phase}",
+        )
+        return fit(
+            module,
+            train,
+            fit_config,
+            paths,
+            validate=validate if validated else None,
+            sample_batch=samples if validated else None,
+            phase=phase,
+            device=device,
         )
 
     final, best = model_dir / f"{model_name}.pt", model_dir / f"{model_name}-best.pt"
@@ -104,16 +140,7 @@ def run_train(
 
         seed_everything(config.vqgan.fit.seed)
         module = VQGAN(config.vqgan.model, config.perceptual, size)
-        result = fit(
-            module,
-            train,
-            config.vqgan.fit,
-            paths("main", final, best),
-            validate=validate,
-            sample_batch=samples,
-            phase="main",
-            device=device,
-        )
+        result = fit_phase(module, config.vqgan.fit, "main", final, best, validated=True)
     elif model_name == "dcgan":
         from brainad.models.dcgan import DCGAN
 
@@ -121,30 +148,23 @@ def run_train(
         module = DCGAN(config.dcgan.model, size)
         module.set_phase("gan")
         gan_dir = checkpoint_dir / "gan"
-        fit(
-            module,
-            train,
-            config.dcgan.fit,
-            paths("gan", gan_dir / "final.pt", gan_dir / "best.pt"),
-            validate=None,
-            sample_batch=None,
-            phase="gan",
-            device=device,
-        )
+        fit_phase(module, config.dcgan.fit, "gan", gan_dir / "final.pt", gan_dir / "best.pt", False)
         _plot_generated(module, report_dir / "generated.png", config.dcgan.fit.seed)
         module.set_phase("encoder")
-        result = fit(
-            module,
-            train,
-            config.dcgan.encoder_fit,
-            paths("encoder", final, best),
-            validate=validate,
-            sample_batch=samples,
-            phase="encoder",
-            device=device,
-        )
+        result = fit_phase(module, config.dcgan.encoder_fit, "encoder", final, best, True)
+    elif model_name == "prior":
+        from brainad.checkpoint import load_model
+        from brainad.models.prior import VQGANPrior
+
+        if base_model is None:
+            raise ValueError("training the token prior needs the trained VQGAN+D (--base-model)")
+        vqgan, _ = load_model(base_model, device="cpu")
+        seed_everything(config.prior.fit.seed)
+        module = VQGANPrior(vqgan.spec(), config.prior.model)
+        module.vqgan.load_state_dict(vqgan.state_dict())
+        result = fit_phase(module, config.prior.fit, "main", final, best, validated=True)
     else:
-        raise ValueError(f"unknown model {model_name!r}; expected 'vqgan' or 'dcgan'")
+        raise ValueError(f"unknown model {model_name!r}; expected 'vqgan', 'dcgan' or 'prior'")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     summary = {

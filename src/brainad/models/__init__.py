@@ -1,6 +1,7 @@
-"""Models: VQGAN+D (EMA vector quantiser) and the DCGAN baseline with an f-AnoGAN encoder.
+"""Models: VQGAN+D (EMA vector quantiser), its token prior, and the DCGAN baseline with an
+f-AnoGAN encoder.
 
-Both implement :class:`brainad.models.protocol.GANModule`. A checkpoint stores ``model.spec()``
+All implement :class:`brainad.models.protocol.GANModule`. A checkpoint stores ``model.spec()``
 beside the ``state_dict``; :func:`build_model` rebuilds the module from that spec alone.
 """
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-MODEL_NAMES = ("vqgan", "dcgan")
+MODEL_NAMES = ("vqgan", "dcgan", "vqgan_prior")
 
 
 def _model_class(name: str) -> type[nn.Module]:
@@ -19,6 +20,10 @@ def _model_class(name: str) -> type[nn.Module]:
         from brainad.models.vqgan import VQGAN
 
         return VQGAN
+    if name == "vqgan_prior":
+        from brainad.models.prior import VQGANPrior
+
+        return VQGANPrior
     from brainad.models.dcgan import DCGAN
 
     return DCGAN

@@ -11,10 +11,13 @@ def main(argv=None) -> None:
             "arrays-dir",
             "vqgan",
             "dcgan",
+            "prior",
             "vqgan-train",
             "dcgan-train",
+            "prior-train",
             "prepare-report",
             "split-report",
+            "ablation",
             "scorers-dir",
             "report-dir",
         ],
@@ -23,12 +26,13 @@ def main(argv=None) -> None:
     run_evaluate(
         config,
         args.arrays_dir,
-        {"vqgan": args.vqgan, "dcgan": args.dcgan},
+        {"vqgan": args.vqgan, "vqgan_prior": args.prior, "dcgan": args.dcgan},
         args.scorers_dir,
         args.prepare_report,
         args.split_report,
-        {"vqgan": args.vqgan_train, "dcgan": args.dcgan_train},
+        {"vqgan": args.vqgan_train, "vqgan_prior": args.prior_train, "dcgan": args.dcgan_train},
         args.report_dir,
+        ablation_report=args.ablation,
     )
 
 

@@ -52,6 +52,10 @@ MICRO = {
         "fit": MICRO_FIT,
         "encoder_fit": {**MICRO_FIT, "epochs": 1},
     },
+    "prior": {
+        "model": {"dim": 16, "layers": 1, "heads": 2, "train_block_range": [1, 2]},
+        "fit": MICRO_FIT,
+    },
     "score": {"batch_size": 16},
     "evaluate": {"bootstrap": 20, "pca_components": 4},
 }
@@ -109,7 +113,7 @@ def test_pipeline_writes_every_report(micro_repo) -> None:
     repo, _ = micro_repo
     reports = repo / "reports" / "demo"
     metrics = json.loads((reports / "evaluate" / "metrics.json").read_text())
-    assert {"vqgan", "dcgan", "pca_recon", "mean_intensity"} <= set(metrics)
+    assert {"vqgan", "vqgan_prior", "dcgan", "pca_recon", "mean_intensity"} <= set(metrics)
     for entry in metrics.values():
         assert 0.0 <= entry["real"]["roc_auc"] <= 1.0
         assert 0.0 <= entry["lesion"]["roc_auc"] <= 1.0
@@ -121,6 +125,8 @@ def test_pipeline_writes_every_report(micro_repo) -> None:
         assert (reports / "evaluate" / "figures" / fig).stat().st_size > 1000
     assert list((reports / "evaluate" / "plots" / "roc").glob("*.json"))
     assert (repo / "models" / "demo" / "scorers" / "vqgan.pt").is_file()
+    assert (repo / "models" / "demo" / "scorers" / "vqgan_prior.pt").is_file()
+    assert list((reports / "train" / "prior" / "samples_main").glob("epoch_*.png"))
 
 
 def test_second_repro_is_a_noop(micro_repo) -> None:

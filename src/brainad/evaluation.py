@@ -419,6 +419,7 @@ def run_evaluate(
     split_report: Path,
     train_dirs: dict[str, Path],
     report_dir: Path,
+    ablation_report: Path | None = None,
 ) -> dict:
     """Calibrate on validation, score both test tracks for models and baselines, write reports."""
     from brainad import report
@@ -462,6 +463,7 @@ def run_evaluate(
             lineage,
             thesis_comparison=config.source.kind != "synthetic",
             leak=read_json(split_report).get("official_split_leak"),
+            ablation=read_json(ablation_report) if ablation_report else None,
         ),
     )
     log.info(

@@ -317,8 +317,10 @@ def summary_markdown(
     provenance: dict,
     thesis_comparison: bool,
     leak: dict | None = None,
+    ablation: dict | None = None,
 ) -> str:
-    """The human-readable summary: one table, both tracks, CIs, thresholds, provenance."""
+    """The human-readable summary: one table, both tracks, CIs, thresholds, the variants tried on
+    validation (``ablation``, from the ablate stage), provenance."""
     lines = [f"# brainad results — study `{study}`", ""]
     inverted = [
         r for r in results if r.kind == "model" and np.isfinite(r.val_auroc) and r.val_auroc < 0.5
@@ -368,6 +370,8 @@ def summary_markdown(
         )
     lines += ["", "## Reading the table", ""]
     lines += _verdicts(results)
+    if ablation:
+        lines += _ablation_section(ablation)
     if thesis_comparison:
         lines += _thesis_comparison(results, leak)
     lines += [
@@ -462,6 +466,37 @@ def _verdicts(results: list[MethodResult]) -> list[str]:
                 if all(above)
                 else "Not better than the trivial baselines on both tracks."
             )
+        )
+    return lines
+
+
+def _ablation_section(ablation: dict) -> list[str]:
+    """Best variant per model and map kind on the VALIDATION lesion track, with its other numbers;
+    the full table (every variant) is in ``ablation/validation.md``."""
+    best: dict[tuple[str, str], dict] = {}
+    for row in ablation["rows"]:
+        key = (row["model"], row["map"])
+        if key not in best or row["lesion_auroc"] > best[key]["lesion_auroc"]:
+            best[key] = row
+    n = ablation["n"]
+    lines = [
+        "",
+        "## Variants tried (validation only)",
+        "",
+        f"Every model and score variant, measured on the validation split ({n['healthy']} healthy, "
+        f"{n['anomalous']} anomalous scans, and a lesioned copy of each healthy one); the test "
+        "split played no part. Best variant per model and map by validation lesion ROC-AUC; all "
+        f"{len(ablation['rows'])} rows are in `../ablation/validation.md`.",
+        "",
+        "| model | map | smoothing | aggregate | real ROC-AUC | lesion ROC-AUC | pairs higher "
+        "| pixel ROC-AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in best.values():
+        lines.append(
+            f"| {r['model']} | {r['map']} | {r['smoothing']} | {r['aggregate']} | "
+            f"{r['real_auroc']:.3f} | {r['lesion_auroc']:.3f} | {r['pairs_higher']:.0%} | "
+            f"{r['pixel_auroc']:.3f} |"
         )
     return lines
 

@@ -54,7 +54,7 @@ SCHEMA = "brainad-benchmarks/1"
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "brain-tumor-mri"
 DVC_TARGET = "evaluate@demo"
-MODELS = ("vqgan", "dcgan")
+MODELS = ("vqgan", "dcgan", "vqgan_prior")
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGET_IMAGE_SIZE = 128  # the issue states the scoring target at 128 x 128
 DEMO_NOTE = (
@@ -301,12 +301,21 @@ def matmul_flops(device: torch.device, precision: str, n: int, reps: int) -> dic
 
 
 def build_model(name: str, config: StudyConfig, image_size: int) -> nn.Module:
-    """A freshly initialised (seeded) VQGAN+D or DCGAN (``gan`` phase) of the study."""
+    """A freshly initialised (seeded) VQGAN+D, DCGAN (``gan`` phase) or token prior (on an
+    untrained VQGAN+D, configured with the study's ``score`` settings) of the study."""
     torch.manual_seed(0)
     if name == "vqgan":
         from brainad.models.vqgan import VQGAN
 
         return VQGAN(config.vqgan.model, config.perceptual, image_size)
+    if name == "vqgan_prior":
+        from brainad.models.prior import VQGANPrior
+        from brainad.models.vqgan import VQGAN
+
+        vqgan = VQGAN(config.vqgan.model, config.perceptual, image_size)
+        prior = VQGANPrior(vqgan.spec(), config.prior.model)
+        prior.configure_scoring(config.score)
+        return prior
     from brainad.models.dcgan import DCGAN
 
     return DCGAN(config.dcgan.model, image_size)
@@ -377,7 +386,9 @@ def count_flops(step: Callable[[], None]) -> int:
 
 
 def _fit_config(name: str, config: StudyConfig) -> FitConfig:
-    return config.vqgan.fit if name == "vqgan" else config.dcgan.fit
+    return {"vqgan": config.vqgan.fit, "dcgan": config.dcgan.fit, "vqgan_prior": config.prior.fit}[
+        name
+    ]
 
 
 def bench_training(
@@ -403,7 +414,7 @@ def bench_training(
     median = statistics.median(seconds)
     return {
         "model": name,
-        "phase": "gan" if name == "dcgan" else "main",
+        "phase": "gan" if name == "dcgan" else "main",  # the prior: transformer only, VQGAN frozen
         "device": device.type,
         "precision": precision,
         "image_size": image_size,
@@ -442,12 +453,13 @@ def placeholder_calibration(score: ScoreConfig) -> Calibration:
 
 
 def bench_evaluate_path(
-    config: StudyConfig, data: Phantoms, image_size: int, device: torch.device
+    config: StudyConfig, data: Phantoms, image_size: int, device: torch.device, model_name: str
 ) -> dict[str, Any]:
-    """``make_scorer`` + ``score_images`` (maps kept, as for the test split) on in-memory arrays."""
+    """``make_scorer`` + ``score_images`` (maps kept, as for the test split) on in-memory arrays.
+    The token prior is untrained: every block pass runs, no token is resampled (same cost)."""
     from brainad.evaluation import make_scorer, score_images
 
-    model = build_model("vqgan", config, image_size)
+    model = build_model(model_name, config, image_size)
     calibration = placeholder_calibration(config.score)
 
     def evaluate(n: int) -> None:
@@ -457,13 +469,14 @@ def bench_evaluate_path(
         )
 
     evaluate(min(config.score.batch_size, len(data.images)))  # warm-up
-    log.info("scoring: evaluate path, %d images on %s", len(data.images), device)
+    log.info("scoring: evaluate path, %s, %d images on %s", model_name, len(data.images), device)
     with PeakMemory(device) as memory:
         start = time.perf_counter()
         evaluate(len(data.images))
         _sync(device)
         seconds = time.perf_counter() - start
     return {
+        "model": model_name,
         "images": len(data.images),
         "image_size": image_size,
         "device": device.type,
@@ -535,10 +548,11 @@ def bench_scoring(
 ) -> dict[str, Any]:
     """Both scoring paths on ``device``."""
     data = render_phantoms(sizes.score_images, image_size, seed=3)
-    evaluate = bench_evaluate_path(config, data, image_size, device)
+    evaluate = bench_evaluate_path(config, data, image_size, device, "vqgan")
+    prior = bench_evaluate_path(config, data, image_size, device, "vqgan_prior")
     with tempfile.TemporaryDirectory(prefix="brainad-bench-") as tmp:
         cli = bench_cli_path(config, sizes, image_size, device, Path(tmp))
-    return {"evaluate": evaluate, "cli": cli}
+    return {"evaluate": evaluate, "evaluate_prior": prior, "cli": cli}
 
 
 # --------------------------------------------------------------------------------------- dvc

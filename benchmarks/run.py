@@ -302,7 +302,7 @@ def matmul_flops(device: torch.device, precision: str, n: int, reps: int) -> dic
 
 def build_model(name: str, config: StudyConfig, image_size: int) -> nn.Module:
     """A freshly initialised (seeded) VQGAN+D, DCGAN (``gan`` phase) or token prior (on an
-    untrained VQGAN+D, configured with the study's ``score`` settings) of the study."""
+    untrained VQGAN+D; its threshold is unset, so no token is resampled) of the study."""
     torch.manual_seed(0)
     if name == "vqgan":
         from brainad.models.vqgan import VQGAN
@@ -313,9 +313,7 @@ def build_model(name: str, config: StudyConfig, image_size: int) -> nn.Module:
         from brainad.models.vqgan import VQGAN
 
         vqgan = VQGAN(config.vqgan.model, config.perceptual, image_size)
-        prior = VQGANPrior(vqgan.spec(), config.prior.model)
-        prior.configure_scoring(config.score)
-        return prior
+        return VQGANPrior(vqgan.spec(), config.prior.model)
     from brainad.models.dcgan import DCGAN
 
     return DCGAN(config.dcgan.model, image_size)
@@ -453,37 +451,64 @@ def placeholder_calibration(score: ScoreConfig) -> Calibration:
 
 
 def bench_evaluate_path(
-    config: StudyConfig, data: Phantoms, image_size: int, device: torch.device, model_name: str
-) -> dict[str, Any]:
-    """``make_scorer`` + ``score_images`` (maps kept, as for the test split) on in-memory arrays.
-    The token prior is untrained: every block pass runs, no token is resampled (same cost)."""
+    config: StudyConfig,
+    data: Phantoms,
+    image_size: int,
+    device: torch.device,
+    model_name: str,
+    precision: str = "fp32",
+) -> tuple[dict[str, Any], np.ndarray]:
+    """``make_scorer`` + ``score_images`` (maps kept, as for the test split) on in-memory arrays;
+    returns the entry and the scores. The token prior is untrained: every block pass runs, no
+    token is resampled (same cost)."""
     from brainad.evaluation import make_scorer, score_images
 
     model = build_model(model_name, config, image_size)
     calibration = placeholder_calibration(config.score)
+    scores: list[np.ndarray] = []
 
     def evaluate(n: int) -> None:
-        scorer = make_scorer(model, config.score, config.perceptual, device)
-        score_images(
+        scorer = make_scorer(model, config.score, config.perceptual, device, precision)
+        result = score_images(
             scorer, calibration, config.score, data.images[:n], data.masks[:n], keep_maps=True
         )
+        scores[:] = [result.score]
 
     evaluate(min(config.score.batch_size, len(data.images)))  # warm-up
-    log.info("scoring: evaluate path, %s, %d images on %s", model_name, len(data.images), device)
+    log.info(
+        "scoring: evaluate path, %s in %s, %d images on %s",
+        model_name,
+        precision,
+        len(data.images),
+        device,
+    )
     with PeakMemory(device) as memory:
         start = time.perf_counter()
         evaluate(len(data.images))
         _sync(device)
         seconds = time.perf_counter() - start
-    return {
+    entry = {
         "model": model_name,
         "images": len(data.images),
         "image_size": image_size,
         "device": device.type,
-        "precision": "fp32",
+        "precision": precision,
         "seconds": seconds,
         "images_per_s": len(data.images) / seconds,
         **memory.result(),
+    }
+    return entry, scores[0]
+
+
+def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """How far reduced-precision scores are from fp32 ones: relative errors and rank agreement."""
+    relative = np.abs(other - reference) / np.maximum(np.abs(reference), 1e-12)
+    ranks = [np.argsort(np.argsort(v)).astype(np.float64) for v in (reference, other)]
+    spearman = float(np.corrcoef(*ranks)[0, 1]) if len(reference) > 1 else float("nan")
+    return {
+        "max_relative_error": float(relative.max()),
+        "median_relative_error": float(np.median(relative)),
+        "spearman": spearman,
     }
 
 
@@ -548,11 +573,18 @@ def bench_scoring(
 ) -> dict[str, Any]:
     """Both scoring paths on ``device``."""
     data = render_phantoms(sizes.score_images, image_size, seed=3)
-    evaluate = bench_evaluate_path(config, data, image_size, device, "vqgan")
-    prior = bench_evaluate_path(config, data, image_size, device, "vqgan_prior")
+    out: dict[str, Any] = {}
+    reduced = "bf16" if choose_precision("auto", device).name in ("bf16", "fp16") else None
+    for model_name, key in (("vqgan", "evaluate"), ("vqgan_prior", "evaluate_prior")):
+        out[key], reference = bench_evaluate_path(config, data, image_size, device, model_name)
+        if reduced:  # the same images in bf16 autocast, with the agreement of their scores
+            entry, scores = bench_evaluate_path(
+                config, data, image_size, device, model_name, reduced
+            )
+            out[f"{key}_{reduced}"] = {**entry, "agreement_with_fp32": agreement(reference, scores)}
     with tempfile.TemporaryDirectory(prefix="brainad-bench-") as tmp:
-        cli = bench_cli_path(config, sizes, image_size, device, Path(tmp))
-    return {"evaluate": evaluate, "evaluate_prior": prior, "cli": cli}
+        out["cli"] = bench_cli_path(config, sizes, image_size, device, Path(tmp))
+    return out
 
 
 # --------------------------------------------------------------------------------------- dvc
@@ -632,6 +664,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict]:
         if e["precision"] == "bf16"
     ]
     for path, entry in results["scoring"].items():
+        if entry["precision"] != "fp32":
+            continue  # the target is for the precision evaluation uses
         size = entry["image_size"]
         note = "" if size == TARGET_IMAGE_SIZE else f"measured at {size} px, target is at 128 px"
         rows.append(
@@ -669,6 +703,13 @@ def markdown(results: dict[str, Any]) -> str:
     for path, entry in results["scoring"].items():
         memory = _fmt(entry["rss_peak_increase_mb"])
         lines.append(f"| scoring peak RSS increase, {path} path (MB) | {memory} | — | — |")
+        if "agreement_with_fp32" in entry:
+            a = entry["agreement_with_fp32"]
+            lines.append(
+                f"| scoring images/s, {path} path | {_fmt(entry['images_per_s'])} | — | — "
+                f"(scores vs fp32: max rel. error {_fmt(a['max_relative_error'], 2)}, "
+                f"Spearman {_fmt(a['spearman'], 4)}) |"
+            )
     reason = results["dvc_noop_repro"]["reason"]
     if reason:
         lines.append(f"\nno-op dvc repro: {reason}")

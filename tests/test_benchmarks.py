@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +105,8 @@ def test_quick_run_training_entries(quick: tuple[dict, str]) -> None:
     training = result["training"]
     expected = {"fp32", "bf16"} if result["machine"]["cpu_bf16_supported"] else {"fp32"}
     cpu_cases = {(e["model"], e["precision"]) for e in training if e["device"] == "cpu"}
-    assert cpu_cases == {(m, p) for m in ("vqgan", "dcgan") for p in expected}
+    models = ("vqgan", "dcgan", "vqgan_prior")
+    assert cpu_cases == {(m, p) for m in models for p in expected}
     matmul = {(m["device"], m["precision"]): m["flops_per_s"] for m in result["matmul"]}
     for e in training:
         assert TRAINING_KEYS <= set(e)
@@ -115,7 +117,7 @@ def test_quick_run_training_entries(quick: tuple[dict, str]) -> None:
         assert e["ratio_to_matmul"] == pytest.approx(
             e["flops_per_step"] / e["step_seconds_median"] / e["matmul_flops_per_s"]
         )
-    for model in ("vqgan", "dcgan"):  # nominal FLOPs do not depend on the precision
+    for model in models:  # nominal FLOPs do not depend on the precision
         assert len({e["flops_per_step"] for e in training if e["model"] == model}) == 1
 
 
@@ -130,6 +132,24 @@ def test_quick_run_scoring_entries(quick: tuple[dict, str]) -> None:
     assert evaluate["images_per_s"] == pytest.approx(evaluate["images"] / evaluate["seconds"])
     assert cli["files"] == result["sizes"]["cli_files"]
     assert cli["scored"] + cli["quarantined"] == cli["files"] and cli["scored"] > 0
+    prior = result["scoring"]["evaluate_prior"]
+    assert prior["model"] == "vqgan_prior" and prior["images"] == evaluate["images"]
+    for key, entry in result["scoring"].items():  # reduced-precision rows say how far they are
+        assert ("agreement_with_fp32" in entry) == (entry["precision"] != "fp32"), key
+        if entry["precision"] != "fp32":
+            agreement = entry["agreement_with_fp32"]
+            assert 0 <= agreement["median_relative_error"] <= agreement["max_relative_error"]
+            assert -1 <= agreement["spearman"] <= 1
+
+
+def test_agreement_measures_error_and_rank(bench: ModuleType) -> None:
+    reference = np.array([1.0, 2.0, 4.0, 8.0])
+    same = bench.agreement(reference, reference.copy())
+    assert same == {"max_relative_error": 0.0, "median_relative_error": 0.0, "spearman": 1.0}
+    swapped = bench.agreement(reference, np.array([1.0, 2.2, 2.0, 8.0]))
+    assert swapped["max_relative_error"] == pytest.approx(0.5)
+    assert swapped["median_relative_error"] == pytest.approx(0.05)
+    assert swapped["spearman"] == pytest.approx(0.8)
 
 
 def test_quick_run_targets_and_nulls(quick: tuple[dict, str]) -> None:
@@ -155,7 +175,7 @@ def test_quick_run_prints_markdown_table(quick: tuple[dict, str]) -> None:
     result, stdout = quick
     lines = stdout.splitlines()
     assert lines[0].startswith("| model | device | precision |")
-    rows = [ln for ln in lines if ln.startswith(("| vqgan |", "| dcgan |"))]
+    rows = [ln for ln in lines if ln.startswith(("| vqgan |", "| dcgan |", "| vqgan_prior |"))]
     assert len(rows) == len(result["training"])
     assert any(ln.startswith("| scoring images/s (evaluate path) |") for ln in lines)
 

@@ -85,11 +85,18 @@ class ScoredImages:
 
 
 def make_scorer(
-    model: nn.Module, score: ScoreConfig, perceptual: PerceptualConfig, device: torch.device
+    model: nn.Module,
+    score: ScoreConfig,
+    perceptual: PerceptualConfig,
+    device: torch.device,
+    precision: str = "fp32",
 ) -> Scorer:
-    """The scorer evaluation and the CLI share: only the components with a non-zero weight."""
+    """The scorer evaluation and the CLI share: only the components with a non-zero weight.
+    Evaluation and the CLI score in fp32; ``precision`` exists for the benchmark's bf16 rows."""
     net = build_perceptual(perceptual).to(device)
-    return Scorer(model, score, net, device, components=active_components(score))
+    return Scorer(
+        model, score, net, device, precision=precision, components=active_components(score)
+    )
 
 
 def score_images(

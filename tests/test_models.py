@@ -1,4 +1,5 @@
-"""VQGAN+D and DCGAN/f-AnoGAN: the shared training protocol, gradients, isolation, rebuild."""
+"""VQGAN+D and DCGAN/f-AnoGAN: the shared training protocol, gradients, isolation, rebuild.
+(The token prior has no discriminator: its protocol and rebuild are tested in test_prior.py.)"""
 
 from __future__ import annotations
 
@@ -36,13 +37,20 @@ VQ_CONFIG = VQGANConfig(
 )
 PERCEPTUAL = PerceptualConfig(kind="fixed", channels=4, scales=2, seed=0, vgg16_weights="")
 DC_CONFIG = DCGANConfig(latent_dim=8, channels=4, encoder_kappa=1.0, latent_steps=0, latent_lr=0.05)
+GAN_MODELS = ("vqgan", "dcgan")
+
+
+def test_gan_models_are_the_registered_models_with_a_discriminator() -> None:
+    assert set(MODEL_NAMES) == {*GAN_MODELS, "vqgan_prior"}
 
 
 def make(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     if name == "vqgan":
         return VQGAN(VQ_CONFIG, PERCEPTUAL, SIZE)
-    return DCGAN(DC_CONFIG, SIZE)
+    if name == "dcgan":
+        return DCGAN(DC_CONFIG, SIZE)
+    raise ValueError(f"no test model for {name!r}")
 
 
 @pytest.fixture
@@ -93,7 +101,7 @@ def _assert_all_grads_nonzero(module: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------- shared protocol
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", GAN_MODELS)
 def test_steps_shapes_and_reconstruction_range(name: str, images: torch.Tensor) -> None:
     model = make(name).train()
     assert isinstance(model, GANModule) and model.name == name
@@ -121,7 +129,7 @@ def test_vqgan_logs() -> None:
     assert out.logs["l1"].item() == pytest.approx((out.fake - x).abs().mean().item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", GAN_MODELS)
 def test_every_parameter_gets_a_gradient(name: str, images: torch.Tensor) -> None:
     model = make(name).train()
     nets = model.networks()
@@ -134,7 +142,7 @@ def test_every_parameter_gets_a_gradient(name: str, images: torch.Tensor) -> Non
     assert all(p.grad is None for p in nets["generator"].parameters())  # fake was detached
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", GAN_MODELS)
 def test_generator_update_leaves_discriminator_weights(name: str, images: torch.Tensor) -> None:
     model = make(name).train()
     nets = model.networks()
@@ -273,7 +281,7 @@ def test_dcgan_rejects_bad_image_size_and_phase() -> None:
 
 
 # -------------------------------------------------------------------- reproducibility, rebuild
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", GAN_MODELS)
 def test_same_seed_same_losses(name: str, images: torch.Tensor) -> None:
     def run(seed: int) -> list[float]:
         model = make(name, seed)
@@ -284,7 +292,7 @@ def test_same_seed_same_losses(name: str, images: torch.Tensor) -> None:
     assert first != run(1)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", GAN_MODELS)
 def test_build_model_from_spec_reproduces_outputs(name: str, images: torch.Tensor) -> None:
     model = make(name)
     _train_steps(model, images, steps=2)  # non-trivial weights, EMA buffers, BN statistics

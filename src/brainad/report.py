@@ -283,13 +283,20 @@ def plot_lesion_pairs(
     _save(fig, path)
 
 
+def _metric_tsv(live: Path, key: str) -> Path:
+    return Path(live) / "plots" / "metrics" / f"{key}.tsv"
+
+
 def plot_training_curves(path: Path, live_dirs: dict[str, Path]) -> None:
-    """Generator/discriminator losses, validation metrics and codebook health from DVCLive logs."""
-    panels = ("g_loss", "d_loss", "val_recon", "val_auroc", "codebook_perplexity")
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8))
-    for ax, key in zip(axes, panels):
+    """Generator/discriminator losses, validation metrics (the token prior's: ``val_nll``) and
+    codebook health from DVCLive logs; a panel no model logged is left out."""
+    keys = ("g_loss", "d_loss", "val_recon", "val_auroc", "val_nll", "codebook_perplexity")
+    panels = [k for k in keys if any(_metric_tsv(live, k).is_file() for live in live_dirs.values())]
+    panels = panels or list(keys[:1])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
+    for ax, key in zip(axes[0], panels):
         for name, live in live_dirs.items():
-            tsv = Path(live) / "plots" / "metrics" / f"{key}.tsv"
+            tsv = _metric_tsv(live, key)
             if tsv.is_file():
                 data = np.atleast_1d(np.genfromtxt(tsv, delimiter="\t", names=True))
                 ax.plot(data["step"] + 1, data[key], label=name)

@@ -42,7 +42,7 @@ def block_partition(grid: int, block: int) -> torch.Tensor:
     (raster order; edge blocks are smaller when ``block`` does not divide ``grid``). Every
     position is hidden in exactly one pass."""
     if block < 1:
-        raise ValueError(f"score.prior_block must be >= 1, got {block}")
+        raise ValueError(f"prior.model.mask_block must be >= 1, got {block}")
     masks = []
     for top in range(0, grid, block):
         for left in range(0, grid, block):

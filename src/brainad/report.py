@@ -295,11 +295,11 @@ def plot_training_curves(path: Path, live_dirs: dict[str, Path]) -> None:
     panels = panels or list(keys[:1])
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
     for ax, key in zip(axes[0], panels):
-        for name, live in live_dirs.items():
+        for index, (name, live) in enumerate(live_dirs.items()):  # one colour per run everywhere
             tsv = _metric_tsv(live, key)
             if tsv.is_file():
                 data = np.atleast_1d(np.genfromtxt(tsv, delimiter="\t", names=True))
-                ax.plot(data["step"] + 1, data[key], label=name)
+                ax.plot(data["step"] + 1, data[key], label=name, color=f"C{index}")
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("epoch")
         if ax.get_legend_handles_labels()[0]:

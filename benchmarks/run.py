@@ -465,14 +465,12 @@ def bench_evaluate_path(
 
     model = build_model(model_name, config, image_size)
     calibration = placeholder_calibration(config.score)
-    scores: list[np.ndarray] = []
 
-    def evaluate(n: int) -> None:
+    def evaluate(n: int) -> np.ndarray:
         scorer = make_scorer(model, config.score, config.perceptual, device, precision)
-        result = score_images(
+        return score_images(
             scorer, calibration, config.score, data.images[:n], data.masks[:n], keep_maps=True
-        )
-        scores[:] = [result.score]
+        ).score
 
     evaluate(min(config.score.batch_size, len(data.images)))  # warm-up
     log.info(
@@ -484,7 +482,7 @@ def bench_evaluate_path(
     )
     with PeakMemory(device) as memory:
         start = time.perf_counter()
-        evaluate(len(data.images))
+        scores = evaluate(len(data.images))
         _sync(device)
         seconds = time.perf_counter() - start
     entry = {
@@ -497,7 +495,7 @@ def bench_evaluate_path(
         "images_per_s": len(data.images) / seconds,
         **memory.result(),
     }
-    return entry, scores[0]
+    return entry, scores
 
 
 def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:

@@ -5,11 +5,11 @@
 What is measured (``benchmarks/README.md`` explains every number):
 
 * training throughput (images/s) of one full GAN step — generator step then discriminator step,
-  each with its Adam optimiser, in the order of :func:`brainad.training.fit` — of VQGAN+D and of
+  each with its Adam optimiser, in the order of :func:`brainad.training.loop.fit` — of VQGAN+D and of
   the DCGAN (``gan`` phase), per device and precision; and its achieved FLOP/s (nominal FLOPs of
   the step counted by ``FlopCounterMode`` / measured step time) against the FLOP/s of a large
   matmul of the same precision measured in the same run;
-* scoring throughput and peak memory of the evaluate path (``make_scorer`` + ``score_images``) and
+* scoring throughput and peak memory of the evaluate path (``make_detector`` + ``score_images``) and
   of the ``brainad score`` path (:func:`brainad.cli.score_files` on JPEG files);
 * the wall time of a no-op ``dvc repro evaluate@demo`` (only when ``dvc status`` says it is up to
   date).
@@ -44,8 +44,12 @@ import torch
 from torch import nn
 
 from brainad.config import FitConfig, ScoreConfig, StudyConfig, load_study
-from brainad.scoring import Calibration, active_components
-from brainad.training import Precision, choose_precision
+from brainad.models.registry import fit_config, new_model
+from brainad.scoring.bundle import ScorerBundle, make_detector, save_scorer
+from brainad.scoring.calibration import Calibration, identity_standardiser
+from brainad.scoring.detector import score_images
+from brainad.scoring.gan import active_components
+from brainad.training.loop import choose_precision, step_runner
 from brainad.utils import select_device, setup_logging, write_bytes, write_json
 
 log = logging.getLogger("brainad")
@@ -301,77 +305,17 @@ def matmul_flops(device: torch.device, precision: str, n: int, reps: int) -> dic
 
 
 def build_model(name: str, config: StudyConfig, image_size: int) -> nn.Module:
-    """A freshly initialised (seeded) VQGAN+D, DCGAN (``gan`` phase) or token prior (on an
-    untrained VQGAN+D; its threshold is unset, so no token is resampled) of the study."""
+    """A freshly initialised (seeded) model of the study, built by the registry's builder
+    (:func:`brainad.models.registry.new_model`); the token prior sits on an untrained VQGAN+D
+    whose threshold is unset, so no token is resampled."""
     torch.manual_seed(0)
-    if name == "vqgan":
-        from brainad.models.vqgan import VQGAN
-
-        return VQGAN(config.vqgan.model, config.perceptual, image_size)
-    if name == "vqgan_prior":
-        from brainad.models.prior import VQGANPrior
-        from brainad.models.vqgan import VQGAN
-
-        vqgan = VQGAN(config.vqgan.model, config.perceptual, image_size)
-        return VQGANPrior(vqgan.spec(), config.prior.model)
-    from brainad.models.dcgan import DCGAN
-
-    return DCGAN(config.dcgan.model, image_size)
+    return new_model(name, config, image_size)
 
 
-class StepRunner:
-    """One training step in the order, precision and optimisers of :func:`brainad.training.fit`.
-
-    Generator step (autocast) → backward → its Adam step; then discriminator step on
-    ``fake.detach()`` → backward → its Adam step; a gradient scaler for fp16. Batch indexing and
-    augmentation (which ``fit`` also does per step) are not part of the step.
-
-    Args:
-        module: a GAN module (``networks()``, ``generator_step``, ``discriminator_step``).
-        fit: its fit settings (Adam ``lr``/``beta1``/``beta2``, ``channels_last``, ``compile``).
-        device: where to train.
-        precision: from :func:`brainad.training.choose_precision`.
-    """
-
-    def __init__(
-        self, module: nn.Module, fit: FitConfig, device: torch.device, precision: Precision
-    ) -> None:
-        module.to(device)
-        if fit.channels_last:
-            module.to(memory_format=torch.channels_last)
-        module.train()
-        self.module, self.device, self.precision = module, device, precision
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        for name, net in module.networks().items():
-            if fit.compile:
-                net.compile()
-            params = [p for p in net.parameters() if p.requires_grad]
-            betas = (fit.beta1, fit.beta2)
-            self.optimizers[name] = torch.optim.Adam(params, lr=fit.lr, betas=betas)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.precision.dtype)
-
-    def _backward_and_step(self, network: str, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizers[network])
-
-    def __call__(self, real: torch.Tensor) -> None:
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            g_out = self.module.generator_step(real, 0)
-        self._backward_and_step("generator", g_out.loss)
-        if g_out.fake is not None and "discriminator" in self.optimizers:
-            self.optimizers["discriminator"].zero_grad(set_to_none=True)
-            with self._autocast():
-                d_out = self.module.discriminator_step(real, g_out.fake.detach(), 0)
-            if d_out is not None:
-                self._backward_and_step("discriminator", d_out.loss)
-        self.scaler.update()
+def _step(name: str, config: StudyConfig, fit: FitConfig, real: torch.Tensor, device, precision):
+    """The library's own training step (:func:`brainad.training.loop.step_runner`) at ``precision``."""
+    fit = dataclasses.replace(fit, precision=precision, deterministic=False)
+    return step_runner(build_model(name, config, real.shape[-1]), real, fit, device)
 
 
 def count_flops(step: Callable[[], None]) -> int:
@@ -383,12 +327,6 @@ def count_flops(step: Callable[[], None]) -> int:
     return int(counter.get_total_flops())
 
 
-def _fit_config(name: str, config: StudyConfig) -> FitConfig:
-    return {"vqgan": config.vqgan.fit, "dcgan": config.dcgan.fit, "vqgan_prior": config.prior.fit}[
-        name
-    ]
-
-
 def bench_training(
     name: str,
     config: StudyConfig,
@@ -398,17 +336,13 @@ def bench_training(
     precision: str,
 ) -> dict[str, Any]:
     """Timed training steps of model ``name`` on phantom slices, plus its FLOPs per step."""
-    fit = _fit_config(name, config)
+    fit = fit_config(name, config)
     batch = sizes.batch_size or fit.batch_size
-    runner = StepRunner(
-        build_model(name, config, image_size), fit, device, choose_precision(precision, device)
-    )
-    real = torch.from_numpy(render_phantoms(batch, image_size, seed=1).images).to(device)
-    if fit.channels_last:
-        real = real.contiguous(memory_format=torch.channels_last)
+    real = torch.from_numpy(render_phantoms(batch, image_size, seed=1).images)
+    step = _step(name, config, fit, real, device, precision)
     log.info("training step: %s on %s in %s, batch %d", name, device, precision, batch)
-    flops = count_flops(lambda: runner(real))  # also the first warm-up step
-    seconds = time_calls(lambda: runner(real), device, sizes.warmup - 1, sizes.steps)
+    flops = count_flops(step)  # also the first warm-up step
+    seconds = time_calls(step, device, sizes.warmup - 1, sizes.steps)
     median = statistics.median(seconds)
     return {
         "model": name,
@@ -446,8 +380,8 @@ def bench_all_training(
 # ----------------------------------------------------------------------------------- scoring
 def placeholder_calibration(score: ScoreConfig) -> Calibration:
     """Mean 0, std 1 for every active component (an untrained model has no calibration)."""
-    names = active_components(score)
-    return Calibration({c: 0.0 for c in names}, {c: 1.0 for c in names}, 0.0, "fixed", {})
+    means, stds = identity_standardiser(active_components(score))
+    return Calibration(means, stds, 0.0, "fixed", {})
 
 
 def bench_evaluate_path(
@@ -458,18 +392,18 @@ def bench_evaluate_path(
     model_name: str,
     precision: str = "fp32",
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """``make_scorer`` + ``score_images`` (maps kept, as for the test split) on in-memory arrays;
+    """``make_detector`` + ``score_images`` (maps kept, as for the test split) on in-memory arrays;
     returns the entry and the scores. The token prior is untrained: every block pass runs, no
     token is resampled (same cost)."""
-    from brainad.evaluation import make_scorer, score_images
-
     model = build_model(model_name, config, image_size)
     calibration = placeholder_calibration(config.score)
 
     def evaluate(n: int) -> np.ndarray:
-        scorer = make_scorer(model, config.score, config.perceptual, device, precision)
+        detector = make_detector(
+            model_name, model, config.score, config.perceptual, device, precision
+        )
         return score_images(
-            scorer, calibration, config.score, data.images[:n], data.masks[:n], keep_maps=True
+            detector, calibration, data.images[:n], data.masks[:n], keep_maps=True
         ).score
 
     evaluate(min(config.score.batch_size, len(data.images)))  # warm-up
@@ -531,7 +465,6 @@ def bench_cli_path(
     """``brainad score``'s :func:`~brainad.cli.score_files` on JPEGs with an untrained VQGAN bundle
     (load bundle, hash, decode, skull strip, preprocess, score with maps)."""
     from brainad.cli import score_files
-    from brainad.evaluation import ScorerBundle, save_scorer
 
     preprocess = dataclasses.replace(config.preprocess, image_size=image_size)
     bundle = workdir / "vqgan-untrained.pt"

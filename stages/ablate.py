@@ -1,12 +1,13 @@
 """Stage ablate: every model and score variant on the VALIDATION tracks (the test split is not read)."""
 
-from brainad.ablation import run_ablation
+from brainad.evaluation.ablation import run_ablation
+from brainad.models.registry import MODEL_NAMES, best_file
 from brainad.stage import stage_setup
 
 
 def main(argv=None) -> None:
-    args, config = stage_setup(__doc__, ["arrays-dir", "vqgan", "prior", "dcgan", "out"], argv)
-    models = {"vqgan": args.vqgan, "vqgan_prior": args.prior, "dcgan": args.dcgan}
+    args, config = stage_setup(__doc__, ["arrays-dir", "model-dir", "out"], argv)
+    models = {name: best_file(args.model_dir, name) for name in MODEL_NAMES}
     run_ablation(config, args.arrays_dir, models, args.out)
 
 

@@ -1,6 +1,6 @@
 """Stage evaluate: calibrate on validation, score both test tracks and baselines, write reports."""
 
-from brainad.evaluation import run_evaluate
+from brainad.evaluation.run import run_evaluate
 from brainad.stage import stage_setup
 
 
@@ -9,16 +9,12 @@ def main(argv=None) -> None:
         __doc__,
         [
             "arrays-dir",
-            "vqgan",
-            "dcgan",
-            "prior",
-            "vqgan-train",
-            "dcgan-train",
-            "prior-train",
+            "model-dir",
+            "scorers-dir",
+            "train-dir",
             "prepare-report",
             "split-report",
             "ablation",
-            "scorers-dir",
             "report-dir",
         ],
         argv,
@@ -26,11 +22,11 @@ def main(argv=None) -> None:
     run_evaluate(
         config,
         args.arrays_dir,
-        {"vqgan": args.vqgan, "vqgan_prior": args.prior, "dcgan": args.dcgan},
+        args.model_dir,
         args.scorers_dir,
+        args.train_dir,
         args.prepare_report,
         args.split_report,
-        {"vqgan": args.vqgan_train, "vqgan_prior": args.prior_train, "dcgan": args.dcgan_train},
         args.report_dir,
         ablation_report=args.ablation,
     )

@@ -1,6 +1,6 @@
 """Stage prepare: acquire the raw data (synthetic/archive/folder/kaggle), filter, write the manifest."""
 
-from brainad.pipeline import run_prepare
+from brainad.data.stages import run_prepare
 from brainad.stage import stage_setup
 
 

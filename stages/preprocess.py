@@ -1,6 +1,6 @@
 """Stage preprocess: decode, skull-strip, crop, normalise each split into compact arrays."""
 
-from brainad.pipeline import run_preprocess
+from brainad.data.stages import run_preprocess
 from brainad.stage import stage_setup
 
 

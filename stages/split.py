@@ -1,6 +1,6 @@
 """Stage split: cluster near-duplicates and split train/val/test by cluster (never by file)."""
 
-from brainad.pipeline import run_split
+from brainad.data.stages import run_split
 from brainad.stage import stage_setup
 
 

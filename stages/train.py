@@ -1,7 +1,8 @@
-"""Stage train: train one GAN (--model vqgan | dcgan) on healthy training slices with the one loop."""
+"""Stage train_<model>: train one registered model on healthy training slices with the one loop."""
 
+from brainad.models.registry import MODEL_NAMES
 from brainad.stage import stage_setup
-from brainad.trainer import run_train
+from brainad.training.runner import run_train
 
 
 def main(argv=None) -> None:
@@ -9,7 +10,7 @@ def main(argv=None) -> None:
         __doc__,
         ["arrays-dir", "model-dir", "checkpoint-dir", "report-dir"],
         argv,
-        choices={"model": ("vqgan", "dcgan")},
+        choices={"model": MODEL_NAMES},
     )
     run_train(
         config, args.model, args.arrays_dir, args.model_dir, args.checkpoint_dir, args.report_dir

@@ -1,11 +1,12 @@
-"""Tests for brainad.baselines on tiny synthetic brains."""
+"""Tests for brainad.scoring.baselines on tiny synthetic brains."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from brainad.baselines import (
+from brainad.config import EvaluateConfig, LesionConfig
+from brainad.scoring.baselines import (
     Baseline,
     ImageStats,
     MeanIntensity,
@@ -15,9 +16,14 @@ from brainad.baselines import (
     default_baselines,
     image_statistics,
 )
-from brainad.config import EvaluateConfig, LesionConfig
+from brainad.scoring.detector import Detector, score_raw
 
 SIZE = 32
+
+
+def _score(baseline: Baseline, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """A baseline's scores through the one detector engine (as evaluation computes them)."""
+    return score_raw(baseline, images, masks).components["score"]
 
 
 def _brains(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -62,10 +68,10 @@ def test_default_baselines_fit_and_score_shapes(
     held_out = _brains(5, seed=1)
     shifted = _brains(5, seed=2, shift=0.4)  # a confounded "other source": brighter overall
     for baseline in baselines:
-        assert isinstance(baseline, Baseline)
+        assert isinstance(baseline, Baseline) and isinstance(baseline, Detector)
         baseline.fit(*train)
-        normal = baseline.score(*held_out)
-        odd = baseline.score(*shifted)
+        normal = _score(baseline, *held_out)
+        odd = _score(baseline, *shifted)
         assert normal.shape == (5,) and np.isfinite(normal).all(), baseline.name
         if baseline.name == "pca_recon":  # per-image standardisation: blind to a global shift
             assert abs(odd.mean() - normal.mean()) < 0.5 * normal.mean()
@@ -76,7 +82,7 @@ def test_default_baselines_fit_and_score_shapes(
 def test_scoring_before_fit_raises(train: tuple[np.ndarray, np.ndarray]) -> None:
     for baseline in (MeanIntensity(), ImageStats(), PCARecon(3), NearestNeighbour()):
         with pytest.raises(RuntimeError, match="fit"):
-            baseline.score(*train)
+            _score(baseline, *train)
 
 
 def test_mean_intensity_is_abs_z_of_brain_mean() -> None:
@@ -89,7 +95,7 @@ def test_mean_intensity_is_abs_z_of_brain_mean() -> None:
     baseline.fit(images[:2], masks[:2])  # training means 0.0 and 0.2 → centre 0.1, std 0.1
     test = images.copy()
     test[2][masks[2]] = 0.4
-    np.testing.assert_allclose(baseline.score(test, masks), [1.0, 1.0, 3.0], rtol=1e-5)
+    np.testing.assert_allclose(_score(baseline, test, masks), [1.0, 1.0, 3.0], rtol=1e-5)
 
 
 def test_image_statistics_by_hand() -> None:
@@ -124,10 +130,10 @@ def test_pca_recon_scores_lesion_higher_and_maps(train: tuple[np.ndarray, np.nda
     held_out, masks = _brains(4, seed=3)
     odd = held_out.copy()
     odd[:, 0, 10:15, 10:15] += 0.8  # a bright square inside the brain
-    normal_scores = baseline.score(held_out, masks)
-    odd_scores = baseline.score(odd, masks)
+    normal_scores = _score(baseline, held_out, masks)
+    odd_scores = _score(baseline, odd, masks)
     assert (odd_scores > normal_scores).all()
-    maps = baseline.maps(odd, masks)
+    maps = score_raw(baseline, odd, masks, keep_maps=True).maps
     assert maps.shape == odd.shape and not maps[~masks].any()
     inside_square = maps[:, 0, 10:15, 10:15].mean()
     assert inside_square > 3 * maps[masks].mean()
@@ -145,11 +151,11 @@ def test_nearest_neighbour_distances(train: tuple[np.ndarray, np.ndarray]) -> No
     images, masks = train
     baseline = NearestNeighbour(chunk=5)  # several chunks
     baseline.fit(images, masks)
-    np.testing.assert_allclose(baseline.score(images, masks), 0.0, atol=1e-6)
+    np.testing.assert_allclose(_score(baseline, images, masks), 0.0, atol=1e-6)
     # at 32 px no pooling: shifting every brain pixel by 0.1 moves the nearest distance by
     # at most 0.1·√(brain pixels) (the identical training image is at exactly that distance)
     shifted = images + 0.1 * masks
-    scores = baseline.score(shifted, masks)
+    scores = _score(baseline, shifted, masks)
     assert (scores > 0).all()
     assert (scores <= 0.1 * np.sqrt(masks[0].sum()) + 1e-5).all()
 

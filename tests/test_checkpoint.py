@@ -13,8 +13,8 @@ import pytest
 import torch
 from helpers.toy_gan import ToyGAN, build_toy
 
-from brainad import models
-from brainad.checkpoint import (
+from brainad.models import registry as models
+from brainad.models.checkpoint import (
     FORMAT,
     CheckpointError,
     capture_rng,

@@ -8,7 +8,7 @@ import torch
 
 from brainad.config import AugmentConfig
 from brainad.data.arrays import SplitArrays, empty_arrays
-from brainad.data.dataset import (
+from brainad.training.batches import (
     SliceDataset,
     augment_batch,
     batch_indices,

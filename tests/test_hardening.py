@@ -34,9 +34,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainad import pipeline
 from brainad.config import StudyConfig, load_study
 from brainad.data import split as split_lib
+from brainad.data import stages as pipeline
 from brainad.data.arrays import load_arrays
 from brainad.data.manifest import read_manifest
 from brainad.data.phantom import render_slice

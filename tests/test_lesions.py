@@ -1,4 +1,4 @@
-"""Tests for brainad.lesions: exact masks inside the brain, determinism, bright/dark lesions."""
+"""Tests for brainad.evaluation.lesions: exact masks inside the brain, determinism, bright/dark lesions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from brainad.config import LesionConfig
-from brainad.lesions import LesionSet, implant_lesions
+from brainad.evaluation.lesions import LesionSet, implant_lesions
 
 SIZE = 48
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from brainad.config import DCGANConfig, PerceptualConfig, VQGANConfig
-from brainad.models import MODEL_NAMES, build_model
 from brainad.models.dcgan import DCGAN
 from brainad.models.protocol import GANModule
+from brainad.models.registry import MODEL_NAMES, build_model
 from brainad.models.vqgan import VQGAN, adversarial_weight
 
 SIZE = 32

@@ -52,7 +52,7 @@ MICRO = {
         "fit": MICRO_FIT,
         "encoder_fit": {**MICRO_FIT, "epochs": 1},
     },
-    "prior": {
+    "vqgan_prior": {
         "model": {"dim": 16, "layers": 1, "heads": 2, "train_block_range": [1, 2]},
         "fit": MICRO_FIT,
     },
@@ -126,7 +126,7 @@ def test_pipeline_writes_every_report(micro_repo) -> None:
     assert list((reports / "evaluate" / "plots" / "roc").glob("*.json"))
     assert (repo / "models" / "demo" / "scorers" / "vqgan.pt").is_file()
     assert (repo / "models" / "demo" / "scorers" / "vqgan_prior.pt").is_file()
-    assert list((reports / "train" / "prior" / "samples_main").glob("epoch_*.png"))
+    assert list((reports / "train" / "vqgan_prior" / "samples_main").glob("epoch_*.png"))
 
 
 def test_second_repro_is_a_noop(micro_repo) -> None:

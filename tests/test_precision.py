@@ -1,4 +1,4 @@
-"""bf16 scoring (``Scorer(..., precision="bf16")``) against fp32: a measured, documented tolerance.
+"""bf16 scoring (``GANDetector(..., precision="bf16")``) against fp32: a measured, documented tolerance.
 
 Setting: 32 phantom slices of 64 px (contrasts in turn, every fourth with a tumour), the score
 settings of ``params.yaml``'s defaults (l1 residual, 5-px Gaussian smoothing, mean over the brain
@@ -47,8 +47,9 @@ from brainad.data.phantom import CONTRASTS, render_slice
 from brainad.models.dcgan import DCGAN
 from brainad.models.perceptual import build_perceptual
 from brainad.models.vqgan import VQGAN
-from brainad.scoring import Scorer
-from brainad.training import choose_precision
+from brainad.scoring.detector import score_raw
+from brainad.scoring.gan import GANDetector
+from brainad.training.loop import choose_precision
 
 SIZE = 64
 COUNT = 32
@@ -164,10 +165,9 @@ class FP32Codes(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        generator = self.vqgan.generator
         with torch.autocast(x.device.type, enabled=False):
-            quant = generator["quantizer"](generator["encoder"](x.float()), update=False)
-        return generator["decoder"](quant.quantized)
+            quant = self.vqgan.quantize(self.vqgan.encode(x.float()))
+        return self.vqgan.decode(quant.quantized)
 
     def discriminator_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.vqgan.discriminator_features(x)
@@ -187,8 +187,11 @@ def agreement(model: nn.Module, data: Phantoms) -> Agreement:
     """bf16-vs-fp32 agreement of the per-image residual score of ``model`` on ``data``."""
     net = build_perceptual(PERCEPTUAL)
     scores = {
-        precision: Scorer(model, SCORE, net, CPU, precision, components=("residual",))
-        .score_arrays(data.images, data.masks)
+        precision: score_raw(
+            GANDetector("under_test", model, SCORE, net, CPU, precision, components=("residual",)),
+            data.images,
+            data.masks,
+        )
         .components["residual"]
         .astype(np.float64)
         for precision in ("fp32", "bf16")
@@ -224,9 +227,8 @@ def test_scores_spread_across_images(data: Phantoms) -> None:
     """The ranking check needs scores that differ between images (coefficient of variation)."""
     model = small_vqgan(data, seed=0)
     net = build_perceptual(PERCEPTUAL)
-    table = Scorer(model, SCORE, net, CPU, components=("residual",)).score_arrays(
-        data.images, data.masks
-    )
+    detector = GANDetector("under_test", model, SCORE, net, CPU, components=("residual",))
+    table = score_raw(detector, data.images, data.masks)
     residual = table.components["residual"]
     assert residual.std() / residual.mean() > 0.05
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from brainad.config import PerceptualConfig, PriorConfig, VQGANConfig
-from brainad.models import build_model
 from brainad.models.prior import VQGANPrior, block_partition, random_block_masks
+from brainad.models.registry import build_model
 from brainad.models.vqgan import VQGAN
 
 VQ = VQGANConfig(

@@ -1,4 +1,5 @@
-"""Tests for brainad.scoring with tiny stand-in models (identity / blur reconstruction)."""
+"""Tests for the scoring package (map operations, calibration, the GAN detector through the one
+engine) with tiny stand-in models (identity / blur reconstruction)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainad.config import LesionConfig, PerceptualConfig, ScoreConfig
-from brainad.lesions import implant_lesions
+from brainad.evaluation.lesions import implant_lesions
 from brainad.models.perceptual import build_perceptual
-from brainad.scoring import (
-    COMPONENTS,
-    Calibration,
-    Scorer,
-    active_components,
-    aggregate,
-    combine,
-    fit_standardiser,
-    smooth,
-    ssim_map,
-)
+from brainad.scoring.calibration import Calibration, combine, fit_standardiser
+from brainad.scoring.detector import score_raw
+from brainad.scoring.gan import COMPONENTS, GANDetector, active_components, component_weights
+from brainad.scoring.maps import aggregate, smooth, ssim_map
 
 SIZE = 32
 
@@ -66,9 +60,11 @@ def _config(**change: object) -> ScoreConfig:
     return dataclasses.replace(base, **change)
 
 
-def _scorer(blur: bool, **change: object) -> Scorer:
+def _scorer(blur: bool, **change: object) -> GANDetector:
     perceptual = build_perceptual(PerceptualConfig("fixed", 4, 2, 0, ""))
-    return Scorer(StandIn(blur), _config(**change), perceptual, torch.device("cpu"))
+    return GANDetector(
+        "stand_in", StandIn(blur), _config(**change), perceptual, torch.device("cpu")
+    )
 
 
 def _phantoms(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +86,7 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------ scorer
 def test_identity_model_scores_zero(data: tuple[np.ndarray, np.ndarray]) -> None:
     images, masks = data
-    table = _scorer(blur=False).score_arrays(images, masks, keep_maps=True)
+    table = score_raw(_scorer(blur=False), images, masks, keep_maps=True)
     assert set(table.components) == set(COMPONENTS)
     for name in COMPONENTS:
         assert table.components[name].shape == (6,)
@@ -103,9 +99,9 @@ def test_blur_model_finds_implanted_lesions(data: tuple[np.ndarray, np.ndarray])
     images, masks = data
     lesions = implant_lesions(images, masks, LesionConfig(1, (0.1, 0.15), (3.0, 3.0), 1.0, 0))
     scorer = _scorer(blur=True, aggregate="mean")  # top-k would pick the blurred brain edge
-    clean = scorer.score_arrays(images, masks)
-    lesioned = scorer.score_arrays(lesions.images, masks, keep_maps=True)
-    clean_maps = scorer.score_arrays(images, masks, keep_maps=True).maps
+    clean = score_raw(scorer, images, masks)
+    lesioned = score_raw(scorer, lesions.images, masks, keep_maps=True)
+    clean_maps = score_raw(scorer, images, masks, keep_maps=True).maps
     # only the pixel residual is monotone for a blur "model" (SSIM and the perceptual features
     # are contrast-normalised)
     assert (lesioned.components["residual"] > clean.components["residual"]).all()
@@ -120,8 +116,9 @@ def test_blur_model_finds_implanted_lesions(data: tuple[np.ndarray, np.ndarray])
 def test_batches_match_one_big_batch(data: tuple[np.ndarray, np.ndarray]) -> None:
     images, masks = data
     scorer = _scorer(blur=True, batch_size=4)  # 6 images → batches of 4 and 2
-    table = scorer.score_arrays(images, masks)
-    whole = scorer.score_batch(torch.from_numpy(images), torch.from_numpy(masks))
+    table = score_raw(scorer, images, masks)
+    x, m = torch.from_numpy(images), torch.from_numpy(masks)
+    whole = scorer.scores(scorer.maps(x, m), m)
     for name in COMPONENTS:
         np.testing.assert_allclose(
             table.components[name], whole.components[name].numpy(), rtol=1e-5
@@ -133,20 +130,22 @@ def test_score_batch_no_grad_eval_mode_restored(data: tuple[np.ndarray, np.ndarr
     images, masks = data
     scorer = _scorer(blur=True)
     scorer.model.train()
-    out = scorer.score_batch(torch.from_numpy(images), torch.from_numpy(masks))
+    x, m = torch.from_numpy(images), torch.from_numpy(masks)
+    raw = scorer.maps(x, m)
+    out = scorer.scores(raw, m)
     assert scorer.model.seen_training == [False]
     assert scorer.model.training  # previous mode restored
-    assert not out.recon.requires_grad and not out.components["discriminator"].requires_grad
+    assert not raw.recon.requires_grad and not out.components["discriminator"].requires_grad
     assert out.components["discriminator"].dtype == torch.float32
     assert (out.components["discriminator"] > 0).all()
 
 
 def test_bf16_close_to_fp32(data: tuple[np.ndarray, np.ndarray]) -> None:
     images, masks = data
-    fp32 = _scorer(blur=True).score_arrays(images, masks).components["residual"]
+    fp32 = score_raw(_scorer(blur=True), images, masks).components["residual"]
     scorer = _scorer(blur=True)
     scorer.precision = "bf16"
-    bf16 = scorer.score_arrays(images, masks).components["residual"]
+    bf16 = score_raw(scorer, images, masks).components["residual"]
     assert bf16.dtype == np.float32
     np.testing.assert_allclose(bf16, fp32, rtol=0.1)
 
@@ -157,31 +156,52 @@ def test_selected_components_only(data: tuple[np.ndarray, np.ndarray]) -> None:
     assert active_components(config) == ("residual", "ssim")
     assert active_components(_config(weight_residual=0.0)) == ("residual",)
     perceptual = build_perceptual(PerceptualConfig("fixed", 4, 2, 0, ""))
-    scorer = Scorer(
-        StandIn(True), config, perceptual, torch.device("cpu"), components=active_components(config)
+    scorer = GANDetector(
+        "stand_in",
+        StandIn(True),
+        config,
+        perceptual,
+        torch.device("cpu"),
+        components=active_components(config),
     )
-    table = scorer.score_arrays(images, masks)
+    table = score_raw(scorer, images, masks)
     assert set(table.components) == {"residual", "ssim"}
-    full = _scorer(blur=True, weight_ssim=0.5).score_arrays(images, masks)
+    full = score_raw(_scorer(blur=True, weight_ssim=0.5), images, masks)
     np.testing.assert_allclose(table.components["ssim"], full.components["ssim"])
     with pytest.raises(ValueError, match="component"):
-        Scorer(StandIn(True), config, perceptual, torch.device("cpu"), components=("lpips",))
+        GANDetector(
+            "stand_in",
+            StandIn(True),
+            config,
+            perceptual,
+            torch.device("cpu"),
+            components=("lpips",),
+        )
 
 
 def test_l2_residual_is_square_of_l1(data: tuple[np.ndarray, np.ndarray]) -> None:
     images, masks = data
     x, m = torch.from_numpy(images), torch.from_numpy(masks)
-    l1 = _scorer(blur=True, smoothing="none").score_batch(x, m).residual_map
-    l2 = _scorer(blur=True, smoothing="none", residual="l2").score_batch(x, m).residual_map
+    l1_detector = _scorer(blur=True, smoothing="none")
+    l2_detector = _scorer(blur=True, smoothing="none", residual="l2")
+    l1 = l1_detector.scores(l1_detector.maps(x, m), m).map
+    l2 = l2_detector.scores(l2_detector.maps(x, m), m).map
     torch.testing.assert_close(l2, l1**2)
 
 
 def test_bad_inputs_raise(data: tuple[np.ndarray, np.ndarray]) -> None:
     images, masks = data
     with pytest.raises(ValueError, match="shape"):
-        _scorer(blur=False).score_arrays(images, masks[:, :, :16])
+        score_raw(_scorer(blur=False), images, masks[:, :, :16])
     with pytest.raises(ValueError, match="precision"):
-        Scorer(StandIn(False), _config(), nn.Identity(), torch.device("cpu"), precision="fp8")
+        GANDetector(
+            "stand_in",
+            StandIn(False),
+            _config(),
+            nn.Identity(),
+            torch.device("cpu"),
+            precision="fp8",
+        )
     with pytest.raises(ValueError, match="smoothing_px"):
         _scorer(blur=False, smoothing_px=4)
     with pytest.raises(ValueError, match="aggregate"):
@@ -240,10 +260,12 @@ def test_fit_standardiser_and_combine() -> None:
     assert stds["residual"] == pytest.approx(1.0)  # sample std of 1, 2, 3
     assert 0 < stds["ssim"] < 1e-4  # constant component: floored, not zero
     calibration = Calibration(means, {"residual": 0.5, "ssim": 2.0}, 0.0, "fixed", {})
-    only_residual = combine(components, calibration, _config())
+    only_residual = combine(components, calibration, component_weights(_config()))
     np.testing.assert_allclose(only_residual, [-2.0, 0.0, 2.0])
     test = {"residual": np.array([2.0, 3.0]), "ssim": np.array([9.0, 1.0])}
-    mixed = combine(test, calibration, _config(weight_residual=2.0, weight_ssim=1.0))
+    mixed = combine(
+        test, calibration, component_weights(_config(weight_residual=2.0, weight_ssim=1.0))
+    )
     np.testing.assert_allclose(mixed, [0.0 + 2.0, 4.0 - 2.0])  # 2·(c−2)/0.5 + (s−5)/2
 
 
@@ -251,9 +273,9 @@ def test_combine_errors() -> None:
     calibration = Calibration({"residual": 0.0}, {"residual": 1.0}, 0.0, "fixed", {})
     components = {"residual": np.zeros(2), "ssim": np.zeros(2)}
     with pytest.raises(ValueError, match="weight_residual"):
-        combine(components, calibration, _config(weight_residual=0.0))
+        combine(components, calibration, component_weights(_config(weight_residual=0.0)))
     with pytest.raises(ValueError, match="ssim"):
-        combine(components, calibration, _config(weight_ssim=1.0))
+        combine(components, calibration, component_weights(_config(weight_ssim=1.0)))
     with pytest.raises(ValueError, match="non-empty"):
         fit_standardiser({"residual": np.zeros(0)})
 
@@ -263,16 +285,16 @@ def test_calibration_round_trip_and_strictness() -> None:
         {"residual": 0.1, "ssim": 0.2}, {"residual": 0.01, "ssim": 0.02}, 1.64, "youden", {"j": 0.5}
     )
     text = json.dumps(calibration.to_dict(), allow_nan=False)
-    assert Calibration.from_dict(json.loads(text)) == calibration
+    assert Calibration.from_dict(json.loads(text), COMPONENTS) == calibration
     for key in ("means", "stds", "threshold", "method", "details"):
         broken = calibration.to_dict()
         del broken[key]
         with pytest.raises(ValueError, match=key):
-            Calibration.from_dict(broken)
+            Calibration.from_dict(broken, COMPONENTS)
     broken = calibration.to_dict() | {"extra": 1}
     with pytest.raises(ValueError, match="extra"):
-        Calibration.from_dict(broken)
+        Calibration.from_dict(broken, COMPONENTS)
     broken = calibration.to_dict()
     broken["threshold"] = "high"
     with pytest.raises(ValueError, match="threshold"):
-        Calibration.from_dict(broken)
+        Calibration.from_dict(broken, COMPONENTS)

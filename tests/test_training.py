@@ -17,11 +17,11 @@ import torch
 from helpers.toy_gan import ToyGAN, build_toy, toy_config, toy_data
 from PIL import Image
 
-from brainad import models
-from brainad.checkpoint import load_checkpoint, load_model
 from brainad.config import AugmentConfig
-from brainad.data.dataset import batch_indices
-from brainad.training import (
+from brainad.models import registry as models
+from brainad.models.checkpoint import load_checkpoint, load_model
+from brainad.training.batches import batch_indices
+from brainad.training.loop import (
     FitPaths,
     Precision,
     TrainingDiverged,
@@ -145,7 +145,7 @@ def test_fingerprint_tracks_settings_model_phase_and_data_not_schedule():
 
 def test_fingerprint_changes_with_the_training_code(monkeypatch):
     """A checkpoint written by other code is not resumed: a code change really re-trains."""
-    import brainad.training as training
+    import brainad.training.fingerprint as training
 
     module, data, config = _toy(), toy_data(), toy_config()
     base = fit_fingerprint(module, data, config, "gan")

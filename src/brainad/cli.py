@@ -51,7 +51,8 @@ def score_files(model_path: Path, files: Sequence[Path], device: str = "auto"):
     Returns ``(rows, arrays, scored, bundle)``: one row per input file (quarantined files too).
     """
     from brainad.data.arrays import preprocess_files
-    from brainad.evaluation import load_scorer, score_images
+    from brainad.scoring.bundle import load_scorer
+    from brainad.scoring.detector import score_images
     from brainad.utils import select_device
 
     torch_device = select_device(device)
@@ -71,9 +72,8 @@ def score_files(model_path: Path, files: Sequence[Path], device: str = "auto"):
     ]
     out = preprocess_files(root, rows, bundle.preprocess)
     scored = score_images(
-        bundle.scorer(torch_device),
+        bundle.detector(torch_device),
         bundle.calibration,
-        bundle.score,
         out.arrays.images,
         out.arrays.brain_masks,
         keep_maps=True,

@@ -280,7 +280,7 @@ class DCGANStudyConfig:
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """The ``prior.model`` section: the token prior over the VQGAN+D latent grid
+    """The ``vqgan_prior.model`` section: the token prior over the VQGAN+D latent grid
     (:mod:`brainad.models.prior`).
 
     Args:
@@ -307,7 +307,7 @@ class PriorConfig:
 
 @dataclass(frozen=True)
 class PriorStudyConfig:
-    """The ``prior`` section: the token prior and its training settings (the VQGAN+D is frozen)."""
+    """The ``vqgan_prior`` section: the token prior and its training settings (the VQGAN+D is frozen)."""
 
     model: PriorConfig
     fit: FitConfig
@@ -411,7 +411,7 @@ class StudyConfig:
     perceptual: PerceptualConfig
     vqgan: VQGANStudyConfig
     dcgan: DCGANStudyConfig
-    prior: PriorStudyConfig
+    vqgan_prior: PriorStudyConfig
     score: ScoreConfig
     threshold: ThresholdConfig
     evaluate: EvaluateConfig

@@ -1,4 +1,4 @@
-"""Run :func:`brainad.training.fit` on the toy GAN in a subprocess (kill/resume and DDP tests).
+"""Run :func:`brainad.training.loop.fit` on the toy GAN in a subprocess (kill/resume and DDP tests).
 
 Usage: ``python tests/helpers/fit_worker.py OUT_DIR --epochs 6 --checkpoint-every 2 --sleep 0.1``
 (also under ``torchrun``). Writes ``OUT_DIR/state_rank<R>.pt`` (the final state_dict of rank R)
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from toy_gan import ToyGAN, toy_config, toy_data  # noqa: E402
 
-from brainad.training import FitPaths, fit  # noqa: E402
+from brainad.training.loop import FitPaths, fit  # noqa: E402
 from brainad.utils import write_json  # noqa: E402
 
 

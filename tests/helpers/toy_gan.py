@@ -1,4 +1,4 @@
-"""A tiny GAN implementing the training protocol, for fast tests of :func:`brainad.training.fit`.
+"""A tiny GAN implementing the training protocol, for fast tests of :func:`brainad.training.loop.fit`.
 
 Generator: a 2-layer conv autoencoder (with BatchNorm, so buffers are exercised); discriminator:
 a 2-layer conv PatchGAN. The generator input gets Gaussian noise from the global torch RNG, so

@@ -273,7 +273,7 @@ class DCGAN(nn.Module):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> DCGAN:
-        """Rebuild from :meth:`spec` output; use :func:`brainad.models.build_model`, which checks
+        """Rebuild from :meth:`spec` output; use :func:`brainad.models.registry.build_model`, which checks
         the keys first."""
         return cls(from_dict(DCGANConfig, spec["config"], "spec.config"), spec["image_size"])
 

@@ -169,8 +169,7 @@ class VQGANPrior(nn.Module):
         The encoder and quantiser run in float32 even under autocast: in bf16, nearest-code
         search picks a different code at a few % of positions."""
         with torch.autocast(x.device.type, enabled=False):
-            z = self.vqgan.generator["encoder"](x.float())
-            return self.vqgan.generator["quantizer"](z, update=False).indices.flatten(1)
+            return self.vqgan.quantize(self.vqgan.encode(x.float())).indices.flatten(1)
 
     def generator_step(self, real: torch.Tensor, epoch: int) -> StepOutput:
         tokens = self.tokens(real)  # (B, L)
@@ -243,15 +242,27 @@ class VQGANPrior(nn.Module):
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) token grid → (B, 1, S, S) image through the VQGAN+D decoder."""
-        codes = self.vqgan.generator["quantizer"].embedding[tokens]  # (B, L, dim)
-        grid = codes.view(len(tokens), self.grid, self.grid, -1).permute(0, 3, 1, 2)
-        return self.vqgan.generator["decoder"](grid.contiguous())
+        return self.vqgan.decode_codes(tokens, self.grid)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The healed reconstruction: decode the token grid after resampling unlikely tokens."""
         healed, _ = self.heal(x)
         return self.decode(healed)
+
+    @torch.no_grad()
+    def diagnostic_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw maps at image size: the token NLL, and the restoration |VQGAN+D reconstruction −
+        healed reconstruction| (what the prior changed)."""
+        direct = self.vqgan.reconstruct(x).float().clamp(-1, 1)
+        healed, nll = self.heal(x)
+        size = x.shape[-2:]
+        grid = nll.view(len(x), 1, self.grid, self.grid).float()
+        restoration = (direct - self.decode(healed).float().clamp(-1, 1)).abs()
+        return {
+            "token_nll": F.interpolate(grid, size=size, mode="nearest"),
+            "restoration": restoration,
+        }
 
     def discriminator_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.vqgan.discriminator_features(x)

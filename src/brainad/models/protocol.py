@@ -1,4 +1,4 @@
-"""The small protocol that lets ONE training loop (:func:`brainad.training.fit`) train every GAN.
+"""The small protocol that lets ONE training loop (:func:`brainad.training.loop.fit`) train every GAN.
 
 A trainable module is an ``nn.Module`` that splits its parameters into named networks, each with
 its own Adam optimiser, and computes its own losses:
@@ -37,7 +37,7 @@ class StepOutput(NamedTuple):
 
 @runtime_checkable
 class GANModule(Protocol):
-    """What :func:`brainad.training.fit` and :mod:`brainad.scoring` need from a model."""
+    """What :func:`brainad.training.loop.fit` and :mod:`brainad.scoring.maps` need from a model."""
 
     name: str
 

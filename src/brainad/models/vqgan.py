@@ -18,7 +18,7 @@ from brainad.models.blocks import Downsample, ResBlock, Upsample, bce_with_targe
 from brainad.models.discriminator import PatchDiscriminator
 from brainad.models.perceptual import build_perceptual, perceptual_distance
 from brainad.models.protocol import StepOutput
-from brainad.models.quantizer import EMAQuantizer
+from brainad.models.quantizer import EMAQuantizer, QuantizerOutput
 
 
 def adversarial_weight(epoch: int, config: VQGANConfig) -> float:
@@ -181,11 +181,44 @@ class VQGAN(nn.Module):
         logs = {"d_loss": loss, "d_real": d_real, "d_fake": d_fake}
         return StepOutput(loss, {k: v.detach() for k, v in logs.items()})
 
+    # ---------------------------------------------------------------------------- public API
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) images → (B, embedding_dim, h, w) continuous latents."""
+        return self.generator["encoder"](x)
+
+    def quantize(self, z: torch.Tensor) -> QuantizerOutput:
+        """Nearest codes of latents ``z`` (B, dim, h, w); never updates the codebook."""
+        return self.generator["quantizer"](z, update=False)
+
+    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
+        """(B, dim, h, w) quantised latents → (B, 1, S, S) images."""
+        return self.generator["decoder"](quantized)
+
+    def decode_codes(self, tokens: torch.Tensor, grid: int) -> torch.Tensor:
+        """(B, grid·grid) codebook indices → (B, 1, S, S) images."""
+        codes = self.generator["quantizer"].embedding[tokens]  # (B, L, dim)
+        latents = codes.view(len(tokens), grid, grid, -1).permute(0, 3, 1, 2)
+        return self.decode(latents.contiguous())
+
+    @torch.no_grad()
+    def code_distance(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w): distance of each encoder output to its nearest code (how far the
+        encoder is from anything the codebook holds)."""
+        z = self.encode(x)  # (B, dim, h, w)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        distance = torch.cdist(flat, self.generator["quantizer"].embedding).min(1).values
+        return distance.view(len(x), 1, *z.shape[-2:])
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """``decoder(quantize(encoder(x)))``; never updates the codebook, even in train mode."""
-        quant = self.generator["quantizer"](self.generator["encoder"](x), update=False)
-        return self.generator["decoder"](quant.quantized)
+        """``decode(quantize(encode(x)))``; never updates the codebook, even in train mode."""
+        return self.decode(self.quantize(self.encode(x)).quantized)
+
+    @torch.no_grad()
+    def diagnostic_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model-specific raw anomaly maps at image size (the ablation measures them)."""
+        grid = self.code_distance(x).float()
+        return {"quantisation distance": F.interpolate(grid, size=x.shape[-2:], mode="nearest")}
 
     def discriminator_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.discriminator.features(x)
@@ -212,7 +245,7 @@ class VQGAN(nn.Module):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> VQGAN:
-        """Rebuild from :meth:`spec` output; use :func:`brainad.models.build_model`, which checks
+        """Rebuild from :meth:`spec` output; use :func:`brainad.models.registry.build_model`, which checks
         the keys first."""
         return cls(
             from_dict(VQGANConfig, spec["config"], "spec.config"),

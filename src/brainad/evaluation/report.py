@@ -14,9 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from brainad import metrics as metrics_lib  # noqa: E402
 from brainad.data.arrays import SplitArrays  # noqa: E402
-from brainad.evaluation import LesionTrack, MethodResult  # noqa: E402
+from brainad.evaluation.tracks import LesionTrack, MethodResult  # noqa: E402
+from brainad.models import registry  # noqa: E402
 from brainad.utils import atomic_path, write_json, write_text  # noqa: E402
 
 log = logging.getLogger("brainad")
@@ -65,11 +65,11 @@ def write_plot_data(plots_dir: Path, results: list[MethodResult], test: SplitArr
     for res in results:
         write_json(
             plots_dir / "roc" / f"{res.name}.json",
-            metrics_lib.roc_points(test.labels, res.test.score),
+            res.curves["real_roc"],
         )
         write_json(
             plots_dir / "pr" / f"{res.name}.json",
-            metrics_lib.pr_points(test.labels, res.test.score),
+            res.curves["real_pr"],
         )
         rows = [
             {"actual": "anomaly" if a else "healthy", "predicted": "anomaly" if p else "healthy"}
@@ -125,24 +125,19 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(
-    path: Path, results: list[MethodResult], test: SplitArrays, track: LesionTrack
-) -> None:
+def plot_curves(path: Path, results: list[MethodResult]) -> None:
     """ROC curves of every method on both tracks, side by side."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    pairs = len(track.clean_index)
-    lesion_labels = np.r_[np.zeros(pairs), np.ones(pairs)]
     for res in results:
         style = "-" if res.kind == "model" else "--"
-        pts = metrics_lib.roc_points(test.labels, res.test.score)
+        pts = res.curves["real_roc"]
         axes[0].plot(
             [p["fpr"] for p in pts],
             [p["tpr"] for p in pts],
             style,
             label=f"{res.name} ({res.metrics['real']['roc_auc']:.2f})",
         )
-        clean = res.test.score[track.clean_index]
-        pts = metrics_lib.roc_points(lesion_labels, np.r_[clean, res.lesion.score])
+        pts = res.curves["lesion_roc"]
         axes[1].plot(
             [p["fpr"] for p in pts],
             [p["tpr"] for p in pts],
@@ -411,11 +406,11 @@ def render_figures(
     results: list[MethodResult],
     test: SplitArrays,
     track: LesionTrack,
-    train_dirs: dict[str, Path],
+    train_dir: Path,
     config,
 ) -> None:
     """Every figure of the evaluate stage."""
-    plot_curves(fig_dir / "roc.png", results, test, track)
+    plot_curves(fig_dir / "roc.png", results)
     plot_histograms(fig_dir / "score_histograms.png", results, test)
     plot_confusions(fig_dir / "confusion.png", results)
     models = [r for r in results if r.kind == "model"]
@@ -427,10 +422,11 @@ def render_figures(
         plot_heatmaps(fig_dir / f"heatmaps_{res.name}.png", test, res)
         plot_lesion_pairs(fig_dir / f"lesion_pairs_{res.name}.png", test, track, res)
     lives = {}
-    for name, directory in train_dirs.items():
-        for live in sorted(Path(directory).glob("live_*")):
-            phase = live.name.removeprefix("live_")
-            lives[name if phase == "main" else f"{name}-{phase}"] = live
+    for name in registry.MODEL_NAMES:
+        for phase in registry.entry(name).phases:
+            live = registry.live_dir(Path(train_dir) / name, phase)
+            if live.is_dir():
+                lives[name if phase == "main" else f"{name}-{phase}"] = live
     if lives:
         plot_training_curves(fig_dir / "training_curves.png", lives)
 

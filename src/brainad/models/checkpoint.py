@@ -226,7 +226,7 @@ def _check_payload(payload: Any, path: Path) -> None:
 def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model stored in ``path`` from the file alone.
 
-    Uses ``brainad.models.build_model(payload["model_name"], payload["spec"])`` and loads the
+    Uses ``brainad.models.registry.build_model(payload["model_name"], payload["spec"])`` and loads the
     weights strictly.
 
     Returns:
@@ -235,10 +235,10 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     Raises:
         CheckpointError: if the file is unreadable or its weights do not fit the rebuilt model.
     """
-    from brainad import models
+    from brainad.models import registry
 
     payload = load_checkpoint(path)
-    module = models.build_model(payload["model_name"], payload["spec"])
+    module = registry.build_model(payload["model_name"], payload["spec"])
     try:
         module.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -13,7 +13,6 @@ model's AUROC says little about anomaly detection. HIGHER SCORE = MORE ANOMALOUS
 from __future__ import annotations
 
 import logging
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -22,7 +21,8 @@ from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
 from brainad.config import EvaluateConfig
-from brainad.scoring import aggregate
+from brainad.scoring.detector import AnomalyMaps, ImageScores
+from brainad.scoring.maps import aggregate
 
 log = logging.getLogger("brainad")
 
@@ -32,18 +32,32 @@ NN_SIZE = 32
 STAT_NAMES = ("mean", "std", "skew", "kurtosis", "area_fraction", "p1", "p99")
 
 
-@runtime_checkable
-class Baseline(Protocol):
-    """An unsupervised scorer: ``fit`` on healthy training images, then ``score`` any images.
+class Baseline:
+    """What the baselines share as :class:`~brainad.scoring.detector.Detector` protocol: fitted on
+    healthy training images, all images at once, one raw statistic ``score`` that is the score
+    itself (no standardisation, weight 1). A subclass implements ``fit`` and ``statistic``
+    (and ``anomaly_map`` if it has one)."""
 
-    Baselines that produce anomaly maps also have ``maps(images, masks)`` → (N, 1, S, S).
-    """
+    name = ""
+    kind = "baseline"
+    batch_size: int | None = None
+    weights = {"score": 1.0}
+    standardise = False
 
-    name: str
+    def statistic(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
-    def fit(self, images: np.ndarray, masks: np.ndarray) -> None: ...
+    def anomaly_map(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray | None:
+        return None
 
-    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray: ...
+    def maps(self, images: torch.Tensor, masks: torch.Tensor) -> AnomalyMaps:
+        x, m = images.numpy(), masks.numpy()
+        found = self.anomaly_map(x, m)
+        pixel = {} if found is None else {"map": torch.from_numpy(found)}
+        return AnomalyMaps(pixel, {"score": torch.from_numpy(self.statistic(x, m))}, None)
+
+    def scores(self, maps: AnomalyMaps, masks: torch.Tensor) -> ImageScores:
+        return ImageScores({"score": maps.image["score"]}, maps.pixel.get("map"))
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -93,7 +107,7 @@ def _require_fit(baseline: object, attribute: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- baselines
-class MeanIntensity:
+class MeanIntensity(Baseline):
     """|z| of the mean brain intensity relative to the training images (deliberately trivial)."""
 
     name = "mean_intensity"
@@ -111,7 +125,7 @@ class MeanIntensity:
         means = self._means(images, masks)
         self.center, self.scale = float(means.mean()), max(float(means.std()), _EPS)
 
-    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    def statistic(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         _require_fit(self, "center")
         return np.abs(self._means(images, masks) - self.center) / self.scale
 
@@ -131,7 +145,7 @@ def image_statistics(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.stack([mean, std, skew, kurtosis, area, p1, p99], 1)
 
 
-class ImageStats:
+class ImageStats(Baseline):
     """Mahalanobis distance of :func:`image_statistics` from the training distribution
     (features standardised, Ledoit-Wolf shrunk covariance)."""
 
@@ -148,13 +162,13 @@ class ImageStats:
         self.scale = np.maximum(features.std(0), _EPS)
         self.covariance = LedoitWolf().fit((features - self.center) / self.scale)
 
-    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    def statistic(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         _require_fit(self, "covariance")
         z = (image_statistics(images, masks) - self.center) / self.scale
         return np.sqrt(np.maximum(self.covariance.mahalanobis(z), 0.0))
 
 
-class PCARecon:
+class PCARecon(Baseline):
     """PCA reconstruction of per-image standardised brains (z-scored inside the mask, 0 outside).
 
     Args:
@@ -187,15 +201,15 @@ class PCARecon:
             log.warning("pca_recon: %d components requested, %d possible", self.n_components, k)
         self.pca = PCA(n_components=k, random_state=self.seed).fit(z)
 
-    def maps(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    def anomaly_map(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """(N, 1, S, S) squared reconstruction residual, 0 outside the brain mask."""
         _require_fit(self, "pca")
         z, masks = self._standardise(images, masks)
         recon = self.pca.inverse_transform(self.pca.transform(z))
         return ((z - recon) ** 2).reshape(masks.shape).astype(np.float32) * masks
 
-    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        residual = self.maps(images, masks)
+    def statistic(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        residual = self.anomaly_map(images, masks)
         _, masks = _prepare(images, masks)
         top = aggregate(
             torch.from_numpy(residual), torch.from_numpy(masks), "topk", PCA_TOPK_PERCENT
@@ -203,7 +217,7 @@ class PCARecon:
         return top.numpy().astype(np.float64)
 
 
-class NearestNeighbour:
+class NearestNeighbour(Baseline):
     """L2 distance at 32×32 (brain pixels; outside set to the -1 background) to the nearest
     training image."""
 
@@ -225,7 +239,7 @@ class NearestNeighbour:
         self.train = self._features(images, masks)
         self.train_sq = (self.train**2).sum(1)
 
-    def score(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    def statistic(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         _require_fit(self, "train")
         query = self._features(images, masks)
         out = np.empty(len(query))

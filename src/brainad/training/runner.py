@@ -13,27 +13,13 @@ import torch
 from torch import nn
 
 from brainad import metrics as metrics_lib
-from brainad.config import ScoreConfig, StudyConfig
+from brainad.config import FitConfig, StudyConfig
 from brainad.data.arrays import SplitArrays, load_arrays
-from brainad.scoring import Scorer
+from brainad.models import registry
+from brainad.models.checkpoint import load_model
+from brainad.scoring.detector import score_raw
+from brainad.scoring.gan import SELECTION_SCORE, GANDetector
 from brainad.utils import write_json
-
-# ------------------------------------------------------------------- validation during training
-VALIDATION_SCORE = ScoreConfig(
-    residual="l1",
-    smoothing="none",
-    smoothing_px=1,
-    aggregate="mean",
-    topk_percent=1.0,
-    weight_residual=1.0,
-    weight_ssim=0.0,
-    weight_perceptual=0.0,
-    weight_discriminator=0.0,
-    batch_size=64,
-)
-"""The fixed criterion that model selection uses during training: mean absolute residual inside
-the brain mask. It is a definition, not a tunable value, so changing the ``score`` params never
-invalidates trained models."""
 
 
 def make_validator(val: SplitArrays, device: torch.device):
@@ -48,8 +34,10 @@ def make_validator(val: SplitArrays, device: torch.device):
     two_classes = len(np.unique(labels)) == 2
 
     def validate(module: nn.Module) -> dict[str, float]:
-        scorer = Scorer(module, VALIDATION_SCORE, nn.Identity(), device, components=("residual",))
-        residual = scorer.score_arrays(images, masks).components["residual"]
+        detector = GANDetector(
+            module.name, module, SELECTION_SCORE, nn.Identity(), device, components=("residual",)
+        )
+        residual = score_raw(detector, images, masks).components["residual"]
         auroc = metrics_lib.roc_auc(labels, residual) if two_classes else float("nan")
         return {"val_recon": float(residual[labels == 0].mean()), "val_auroc": float(auroc)}
 
@@ -87,84 +75,62 @@ def run_train(
     model_dir: Path,
     checkpoint_dir: Path,
     report_dir: Path,
-    base_model: Path | None = None,
 ) -> dict:
-    """Train one model (``vqgan``, ``dcgan`` or ``prior``) on the healthy training split with the
-    one loop. ``prior`` trains the token prior of the VQGAN+D in ``base_model`` (kept frozen).
+    """Train one registered model (:mod:`brainad.models.registry`) on the healthy training split
+    with the one loop, one call per phase. A model with a ``base`` (the token prior) is built on
+    the base model's best checkpoint in ``model_dir``, which stays frozen.
 
-    Writes ``<model_dir>/<model>.pt`` (final) and ``<model>-best.pt`` (best by the fit config's
+    Writes ``<model_dir>/<name>.pt`` (final) and ``<name>-best.pt`` (best by the fit config's
     validation criterion, which evaluation uses), sample grids and DVCLive logs under ``report_dir``.
     """
-    from brainad.data.dataset import to_tensor
-    from brainad.training import FitPaths, fit
+    from brainad.training.batches import to_tensor
+    from brainad.training.loop import FitPaths, fit
     from brainad.utils import seed_everything, select_device
 
+    found = registry.entry(model_name)
     device = select_device()
-    train_arrays = load_arrays(arrays_dir / "train.npz")
     val_arrays = load_arrays(arrays_dir / "val.npz")
-    train = to_tensor(train_arrays, torch.device("cpu"), healthy_only=True)
-    size = int(train.shape[-1])
+    train = to_tensor(load_arrays(arrays_dir / "train.npz"), torch.device("cpu"), healthy_only=True)
     validate = (
         make_prior_validator(val_arrays, device)
-        if model_name == "prior"
+        if found.base is not None
         else make_validator(val_arrays, device)
     )
     samples = sample_inputs(val_arrays)
-
-    def fit_phase(
-        module: nn.Module, fit_config, phase: str, final: Path, best: Path, validated: bool
-    ):
-        """One call of the one loop: checkpoints under ``checkpoint_dir/phase``, reports under
-        ``report_dir``; ``validated`` phases select by validation and draw sample grids."""
+    base = None
+    if found.base is not None:
+        base, _ = load_model(registry.best_file(model_dir, found.base), device="cpu")
+    seed_everything(_phase_fit(config, model_name, found.phases[0]).seed)
+    module = registry.new_model(model_name, config, int(train.shape[-1]), base=base)
+    result = None
+    for phase in found.phases:
+        validated = phase == found.phases[-1]
+        if validated:
+            final = registry.final_file(model_dir, model_name)
+            best = registry.best_file(model_dir, model_name)
+        else:
+            final, best = checkpoint_dir / phase / "final.pt", checkpoint_dir / phase / "best.pt"
+        if hasattr(module, "set_phase"):
+            module.set_phase(phase)
         paths = FitPaths(
             checkpoint_dir / phase,
             final,
             best,
-            report_dir / f"samples_{phase}",
-            report_dir / f"live_{phase}",
+            registry.samples_dir(report_dir, phase),
+            registry.live_dir(report_dir, phase),
         )
-        return fit(
+        result = fit(
             module,
             train,
-            fit_config,
+            _phase_fit(config, model_name, phase),
             paths,
             validate=validate if validated else None,
             sample_batch=samples if validated else None,
             phase=phase,
             device=device,
         )
-
-    final, best = model_dir / f"{model_name}.pt", model_dir / f"{model_name}-best.pt"
-    if model_name == "vqgan":
-        from brainad.models.vqgan import VQGAN
-
-        seed_everything(config.vqgan.fit.seed)
-        module = VQGAN(config.vqgan.model, config.perceptual, size)
-        result = fit_phase(module, config.vqgan.fit, "main", final, best, validated=True)
-    elif model_name == "dcgan":
-        from brainad.models.dcgan import DCGAN
-
-        seed_everything(config.dcgan.fit.seed)
-        module = DCGAN(config.dcgan.model, size)
-        module.set_phase("gan")
-        gan_dir = checkpoint_dir / "gan"
-        fit_phase(module, config.dcgan.fit, "gan", gan_dir / "final.pt", gan_dir / "best.pt", False)
-        _plot_generated(module, report_dir / "generated.png", config.dcgan.fit.seed)
-        module.set_phase("encoder")
-        result = fit_phase(module, config.dcgan.encoder_fit, "encoder", final, best, True)
-    elif model_name == "prior":
-        from brainad.checkpoint import load_model
-        from brainad.models.prior import VQGANPrior
-
-        if base_model is None:
-            raise ValueError("training the token prior needs the trained VQGAN+D (--base-model)")
-        vqgan, _ = load_model(base_model, device="cpu")
-        seed_everything(config.prior.fit.seed)
-        module = VQGANPrior(vqgan.spec(), config.prior.model)
-        module.vqgan.load_state_dict(vqgan.state_dict())
-        result = fit_phase(module, config.prior.fit, "main", final, best, validated=True)
-    else:
-        raise ValueError(f"unknown model {model_name!r}; expected 'vqgan', 'dcgan' or 'prior'")
+        if model_name == "dcgan" and phase == "gan":
+            _plot_generated(module, report_dir / "generated.png", config.dcgan.fit.seed)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     summary = {
@@ -175,6 +141,14 @@ def run_train(
     }
     write_json(report_dir / "train.json", summary)
     return summary
+
+
+def _phase_fit(config: StudyConfig, model_name: str, phase: str) -> FitConfig:
+    """The fit settings of one phase: the DCGAN's ``gan`` phase uses ``dcgan.fit``, every other
+    (last) phase :func:`brainad.models.registry.fit_config`."""
+    if model_name == "dcgan" and phase == "gan":
+        return config.dcgan.fit
+    return registry.fit_config(model_name, config)
 
 
 def _plot_generated(module, path: Path, seed: int, n: int = 16) -> None:

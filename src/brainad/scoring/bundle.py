@@ -1,0 +1,93 @@
+"""The scorer bundle: a trained model with everything needed to score new scans exactly like the
+evaluation did (calibration, score/preprocess/perceptual settings, provenance), in one
+checkpoint file that is read without executing code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from brainad.config import PerceptualConfig, PreprocessConfig, ScoreConfig, from_dict, to_dict
+from brainad.models.checkpoint import load_model, save_checkpoint
+from brainad.models.perceptual import build_perceptual
+from brainad.scoring.calibration import Calibration
+from brainad.scoring.gan import COMPONENTS, GANDetector, active_components
+
+SCORER_FORMAT = "brainad-scorer/1"
+
+
+def make_detector(
+    name: str,
+    model: nn.Module,
+    score: ScoreConfig,
+    perceptual: PerceptualConfig,
+    device: torch.device,
+    precision: str = "fp32",
+) -> GANDetector:
+    """The detector evaluation and the CLI share: only the components with a non-zero weight.
+    Evaluation and the CLI score in fp32; ``precision`` exists for the benchmark's bf16 rows."""
+    net = build_perceptual(perceptual).to(device)
+    return GANDetector(
+        name, model, score, net, device, precision=precision, components=active_components(score)
+    )
+
+
+@dataclass(frozen=True)
+class ScorerBundle:
+    """A trained model with everything needed to score new scans exactly like evaluation did.
+
+    Args:
+        model: the GAN module (eval mode).
+        calibration: standardisation statistics and threshold fitted on validation data.
+        score: the score settings used for calibration.
+        preprocess: the preprocessing settings of the study (the CLI applies the same).
+        perceptual: the perceptual feature network settings.
+        meta: provenance (study, model name, dataset fingerprint, source model file).
+    """
+
+    model: nn.Module
+    calibration: Calibration
+    score: ScoreConfig
+    preprocess: PreprocessConfig
+    perceptual: PerceptualConfig
+    meta: dict
+
+    def detector(self, device: torch.device) -> GANDetector:
+        """The bundle's :class:`~brainad.scoring.gan.GANDetector` on ``device``."""
+        name = str(self.meta.get("model", self.model.name))
+        return make_detector(name, self.model.to(device), self.score, self.perceptual, device)
+
+
+def save_scorer(path: Path, bundle: ScorerBundle) -> None:
+    """Write the bundle as one checkpoint file (weights + calibration + settings as JSON)."""
+    extra = {
+        "format": SCORER_FORMAT,
+        "calibration": bundle.calibration.to_dict(),
+        "score": to_dict(bundle.score),
+        "preprocess": to_dict(bundle.preprocess),
+        "perceptual": to_dict(bundle.perceptual),
+        "meta": bundle.meta,
+    }
+    save_checkpoint(path, bundle.model, epoch=int(bundle.meta.get("epoch", 0)), extra=extra)
+
+
+def load_scorer(path: Path, device: torch.device | str = "cpu") -> ScorerBundle:
+    """Load a scorer bundle written by the evaluate stage (weights-only, never executes code)."""
+    model, payload = load_model(Path(path), device=device)
+    extra = payload.get("extra") or {}
+    if extra.get("format") != SCORER_FORMAT:
+        raise ValueError(
+            f"{path}: not a scorer bundle (a raw training checkpoint?); use the file the evaluate "
+            "stage writes under models/<study>/scorers/"
+        )
+    return ScorerBundle(
+        model=model,
+        calibration=Calibration.from_dict(extra["calibration"], COMPONENTS),
+        score=from_dict(ScoreConfig, extra["score"], "score"),
+        preprocess=from_dict(PreprocessConfig, extra["preprocess"], "preprocess"),
+        perceptual=from_dict(PerceptualConfig, extra["perceptual"], "perceptual"),
+        meta=extra["meta"],
+    )

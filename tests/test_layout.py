@@ -17,10 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES = 460  # "no module over ~400 lines"
 # Modules not split yet (README "Layout"): each may shrink, never grow past its ceiling.
 OVERSIZED = {
-    "src/brainad/config.py": 585,
-    "src/brainad/data/preprocess.py": 485,
     "src/brainad/data/sources.py": 670,
-    "src/brainad/evaluation/report.py": 560,
     "benchmarks/run.py": 725,
 }
 PACKAGES = ("data", "models", "scoring", "training", "evaluation")

@@ -34,6 +34,7 @@ bf16), where autocast would only emulate it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -42,13 +43,13 @@ import pytest
 import torch
 from torch import nn
 
-from brainad.config import DCGANConfig, PerceptualConfig, ScoreConfig, VQGANConfig
+from brainad.config import DCGANConfig, PerceptualConfig, VQGANConfig
 from brainad.data.phantom import CONTRASTS, render_slice
 from brainad.models.dcgan import DCGAN
 from brainad.models.perceptual import build_perceptual
 from brainad.models.vqgan import VQGAN
 from brainad.scoring.detector import score_raw
-from brainad.scoring.gan import GANDetector
+from brainad.scoring.gan import SELECTION_SCORE, GANDetector
 from brainad.training.loop import choose_precision
 
 SIZE = 64
@@ -75,18 +76,7 @@ VQGAN_FP32_CODES_TOLERANCE = Tolerance(
 )
 DCGAN_TOLERANCE = Tolerance(max_relative=0.01, median_relative=0.005, min_spearman=0.99)
 
-SCORE = ScoreConfig(
-    residual="l1",
-    smoothing="gaussian",
-    smoothing_px=5,
-    aggregate="mean",
-    topk_percent=1.0,
-    weight_residual=1.0,
-    weight_ssim=0.0,
-    weight_perceptual=0.0,
-    weight_discriminator=0.0,
-    batch_size=16,
-)
+SCORE = dataclasses.replace(SELECTION_SCORE, smoothing="gaussian", smoothing_px=5, batch_size=16)
 PERCEPTUAL = PerceptualConfig(kind="fixed", channels=8, scales=2, seed=0, vgg16_weights="")
 
 

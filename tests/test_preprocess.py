@@ -22,12 +22,11 @@ from brainad.data.arrays import (
 )
 from brainad.data.phantom import render_slice
 from brainad.data.preprocess import (
-    coverage_stats,
     extract_brain,
     normalise,
     preprocess_slice,
-    qa_figure,
 )
+from brainad.data.qa import coverage_stats, qa_figure
 
 
 @pytest.fixture

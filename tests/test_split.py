@@ -14,6 +14,7 @@ from test_manifest import ERRORS, FILTER, GROUPS, MAX_PIXELS, SINGLES, write_dat
 
 from brainad.config import SplitConfig
 from brainad.data.manifest import build_manifest
+from brainad.data.qa import plot_duplicate_clusters
 from brainad.data.split import (
     SPLITS,
     Clusters,
@@ -21,7 +22,6 @@ from brainad.data.split import (
     SplitResult,
     cluster_duplicates,
     cross_split_pairs,
-    plot_duplicate_clusters,
     read_split,
     split_by_cluster,
     split_report,

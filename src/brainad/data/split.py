@@ -25,8 +25,6 @@ from typing import NamedTuple
 import numpy as np
 
 from brainad.config import SplitConfig
-from brainad.data.imageio import ImageDecodeError, read_image
-from brainad.data.manifest import hamming
 from brainad.utils import atomic_path
 
 log = logging.getLogger("brainad")
@@ -381,65 +379,3 @@ def read_split(path: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------- figure
-def _example_clusters(clusters: Clusters, n_clusters: int, seed: int) -> list[list[int]]:
-    """The largest duplicate clusters (ties broken by a seeded shuffle)."""
-    members = [m for m in cluster_members(clusters) if len(m) > 1]
-    tiebreak = np.random.default_rng(seed).permutation(len(members))
-    order = sorted(range(len(members)), key=lambda k: (-len(members[k]), tiebreak[k]))
-    return [members[k] for k in order[:n_clusters]]
-
-
-def _thumbnail(root: Path, row: dict) -> np.ndarray | None:
-    try:  # the row was decoded once already, so its own size is a safe pixel limit
-        return read_image(root / row["path"], max(1, row["width"] * row["height"])).gray
-    except ImageDecodeError:
-        return None
-
-
-def _draw_member(ax: object, root: Path, row: dict, first_phash: str) -> None:
-    """One thumbnail titled with its folder/class and its hash distance to the first member."""
-    image = _thumbnail(root, row)
-    if image is not None:
-        ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
-    distance = hamming(first_phash, row["phash"]) if row["phash"] else "-"
-    ax.set_title(f"{row['folder']}/{row['class_name']}\nd={distance}", fontsize=7)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def plot_duplicate_clusters(
-    root: Path,
-    rows: list[dict],
-    clusters: Clusters,
-    out_png: Path,
-    n_clusters: int = 6,
-    seed: int = 0,
-) -> None:
-    """Save a figure with one row of member thumbnails per example duplicate cluster.
-
-    The largest clusters come first (ties in a seeded order); at most 8 members are shown.
-    """
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
-
-    examples = _example_clusters(clusters, n_clusters, seed)
-    n_cols = min(8, max((len(m) for m in examples), default=1))
-    fig = Figure(figsize=(1.6 * n_cols, 1.9 * max(1, len(examples)) + 0.4), layout="constrained")
-    summary = _duplicate_summary(rows, clusters)
-    fig.suptitle(
-        f"{summary['n_clusters']} clusters; {summary['clusters_with_duplicates']} with duplicates "
-        f"holding {summary['duplicate_files']} duplicate files (largest shown)",
-        fontsize=9,
-    )
-    if not examples:
-        fig.text(0.5, 0.5, "no duplicate clusters", ha="center", va="center")
-    axes = fig.subplots(len(examples), n_cols, squeeze=False) if examples else []
-    for members, row_axes in zip(examples, axes, strict=True):
-        for column, ax in enumerate(row_axes):
-            if column < len(members):
-                _draw_member(ax, root, rows[members[column]], rows[members[0]]["phash"])
-            else:
-                ax.set_axis_off()
-        label = f"cluster {int(clusters.ids[members[0]])}\n{len(members)} files"
-        row_axes[0].set_ylabel(label, fontsize=8)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)

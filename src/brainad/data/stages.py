@@ -1,7 +1,7 @@
 """The data stages (prepare, split, preprocess) as library functions called by ``stages/*.py``.
 
 Paths come from ``dvc.yaml`` (through the stage's argv), values from the study's typed config.
-Each function imports the modules it uses inside, so a stage's DVC deps are exactly those files.
+The prepare, split and preprocess stages' deps are the whole ``data`` package (``dvc.yaml``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,14 @@ from collections import Counter
 from pathlib import Path
 
 from brainad.config import StudyConfig, to_dict
+from brainad.data import arrays as arrays_lib
+from brainad.data import manifest as manifest_lib
+from brainad.data import qa as qa_lib
+from brainad.data import split as split_lib
+from brainad.data.arrays import save_arrays
+from brainad.data.imageio import read_image
+from brainad.data.preprocess import preprocess_slice
+from brainad.data.sources import acquire
 from brainad.utils import write_json
 
 log = logging.getLogger("brainad")
@@ -21,8 +29,6 @@ def run_prepare(
     config: StudyConfig, raw_dir: Path, download_dir: Path, manifest_path: Path, report_path: Path
 ) -> dict:
     """Acquire the raw data, filter classes and write the manifest with the dataset fingerprint."""
-    from brainad.data import manifest as manifest_lib
-    from brainad.data.sources import acquire
 
     result = acquire(config.source, config.phantom, raw_dir, download_dir)
     manifest = manifest_lib.build_manifest(result.root, config.filter, config.preprocess.max_pixels)
@@ -55,8 +61,6 @@ def run_split(
     config: StudyConfig, raw_dir: Path, manifest_path: Path, split_path: Path, report_dir: Path
 ) -> dict:
     """Cluster near-duplicates, split by cluster, report, and draw example clusters."""
-    from brainad.data import manifest as manifest_lib
-    from brainad.data import split as split_lib
 
     rows = manifest_lib.read_manifest(manifest_path)
     clusters = split_lib.cluster_duplicates(rows, config.split.hash_distance)
@@ -64,7 +68,7 @@ def run_split(
     report = split_lib.split_report(rows, clusters, result, config.split.hash_distance)
     split_lib.write_split(split_path, rows, clusters, result)
     write_json(report_dir / "split.json", report)
-    split_lib.plot_duplicate_clusters(
+    qa_lib.plot_duplicate_clusters(
         raw_dir, rows, clusters, report_dir / "duplicates.png", seed=config.split.seed
     )
     log.info(
@@ -88,10 +92,6 @@ def run_preprocess(
     Every file of the manifest is accounted for in the report: it is in a split's arrays, was
     quarantined (with its reason), or was not selected by the split stage (with the reason).
     """
-    from brainad.data import arrays as arrays_lib
-    from brainad.data import manifest as manifest_lib
-    from brainad.data import preprocess as preprocess_lib
-    from brainad.data import split as split_lib
 
     rows = {row["path"]: row for row in manifest_lib.read_manifest(manifest_path)}
     assignment = {r["path"]: r["split"] for r in split_lib.read_split(split_path)}
@@ -132,7 +132,7 @@ def run_preprocess(
         }
         _collect_qa_samples(raw_dir, out, samples, config)
     report["quarantined"] = quarantined
-    report["coverage"] = preprocess_lib.coverage_stats(records)
+    report["coverage"] = qa_lib.coverage_stats(records)
     report["files_in"] = len(rows)
     report["accounted"] = sum(
         s["accepted"] + s["quarantined"] for s in report["splits"].values()
@@ -142,7 +142,7 @@ def run_preprocess(
             f"preprocess lost files: {report['files_in']} in, {report['accounted']} accounted for"
         )
     for class_name, items in sorted(samples.items()):
-        preprocess_lib.qa_figure(
+        qa_lib.qa_figure(
             items,
             report_dir / f"qa_{class_name}.png",
             title=f"{config.name}: {class_name} (input, mask, output)",
@@ -162,8 +162,6 @@ def _collect_qa_samples(
     raw_dir: Path, out, samples: dict, config: StudyConfig, per_class: int = 6
 ) -> None:
     """Keep a few random accepted images per class (re-decoded) for the QA figure."""
-    from brainad.data.imageio import read_image
-    from brainad.data.preprocess import preprocess_slice
 
     rng = random.Random(f"{config.name}-qa")
     by_class: dict[str, list[int]] = {}
@@ -181,8 +179,6 @@ def _replace_arrays_dir(arrays_dir: Path, outputs: dict) -> None:
     """Write every split into a temporary sibling folder, then swap it in, so a crash never leaves
     a mix of new and old split arrays."""
     import shutil
-
-    from brainad.data.arrays import save_arrays
 
     tmp = arrays_dir.with_name(f".{arrays_dir.name}.tmp")
     old = arrays_dir.with_name(f".{arrays_dir.name}.old")

@@ -167,7 +167,7 @@ def run_evaluate(
     """Calibrate on validation, score both test tracks for every registered model and every
     baseline, write reports. Models are read from ``model_dir`` and their training reports from
     ``train_dir/<name>`` (file names: :mod:`brainad.models.registry`)."""
-    from brainad.evaluation import report
+    from brainad.evaluation import figures, report
     from brainad.utils import read_json, select_device, write_json, write_text
 
     device = select_device()
@@ -202,7 +202,7 @@ def run_evaluate(
     )
     report.write_plot_data(report_dir / "plots", results, test)
     report.write_scores_csv(report_dir / "scores.csv", results, test)
-    report.render_figures(report_dir / "figures", results, test, track, train_dir, config)
+    figures.render_figures(report_dir / "figures", results, test, track, train_dir, config)
     write_text(
         report_dir / "summary.md",
         report.summary_markdown(

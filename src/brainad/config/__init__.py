@@ -1,0 +1,64 @@
+"""Typed, strict configuration loaded from ``params.yaml``.
+
+``params.yaml`` has two top-level keys:
+
+* ``defaults`` — every section of a study, every value written once;
+* ``studies`` — one entry per study; each section there overrides only the keys it names.
+
+:func:`load_study` deep-merges the two and builds frozen dataclasses (:mod:`.sections`, one per
+params section, fields named as the keys); :mod:`.loader` reads and checks. An unknown key, a
+missing key or a value of the wrong type raises :class:`ConfigError` naming the full key path, so
+a typo in ``params.yaml`` never turns silently into a default.
+"""
+
+from brainad.config.loader import from_dict, load_study, read_params, study_names, to_dict
+from brainad.config.sections import (
+    AugmentConfig,
+    ConfigError,
+    DCGANConfig,
+    DCGANStudyConfig,
+    EvaluateConfig,
+    FilterConfig,
+    FitConfig,
+    LesionConfig,
+    PerceptualConfig,
+    PhantomConfig,
+    PreprocessConfig,
+    PriorConfig,
+    PriorStudyConfig,
+    ScoreConfig,
+    SourceConfig,
+    SplitConfig,
+    StudyConfig,
+    ThresholdConfig,
+    VQGANConfig,
+    VQGANStudyConfig,
+)
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DCGANConfig",
+    "DCGANStudyConfig",
+    "EvaluateConfig",
+    "FilterConfig",
+    "FitConfig",
+    "LesionConfig",
+    "PerceptualConfig",
+    "PhantomConfig",
+    "PreprocessConfig",
+    "PriorConfig",
+    "PriorStudyConfig",
+    "ScoreConfig",
+    "SourceConfig",
+    "SplitConfig",
+    "StudyConfig",
+    "ThresholdConfig",
+    "VQGANConfig",
+    "VQGANStudyConfig",
+    "from_dict",
+    "load_study",
+    "read_params",
+    "study_names",
+    "to_dict",
+]

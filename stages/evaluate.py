@@ -1,6 +1,5 @@
 """Stage evaluate: calibrate on validation, score both test tracks and baselines, write reports."""
 
-from brainad.evaluation.run import run_evaluate
 from brainad.stage import stage_setup
 
 
@@ -19,6 +18,9 @@ def main(argv=None) -> None:
         ],
         argv,
     )
+    # imported after stage_setup, which pins a deterministic study's kernels before they load
+    from brainad.evaluation.run import run_evaluate
+
     run_evaluate(
         config,
         args.arrays_dir,

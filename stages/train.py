@@ -1,8 +1,6 @@
 """Stage train_<model>: train one registered model on healthy training slices with the one loop."""
 
-from brainad.models.registry import MODEL_NAMES
 from brainad.stage import stage_setup
-from brainad.training.runner import run_train
 
 
 def main(argv=None) -> None:
@@ -10,8 +8,11 @@ def main(argv=None) -> None:
         __doc__,
         ["arrays-dir", "model-dir", "checkpoint-dir", "report-dir"],
         argv,
-        choices={"model": MODEL_NAMES},
+        names=["model"],
     )
+    # imported after stage_setup, which pins a deterministic study's kernels before they load
+    from brainad.training.runner import run_train
+
     run_train(
         config, args.model, args.arrays_dir, args.model_dir, args.checkpoint_dir, args.report_dir
     )

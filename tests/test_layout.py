@@ -22,7 +22,7 @@ OVERSIZED = {
 }
 PACKAGES = ("data", "models", "scoring", "training", "evaluation")
 # data flows down this list, never back up (a package may import only those before it)
-ORDER = ("config", "utils", "codebase", "metrics", "stage", *PACKAGES, "cli")
+ORDER = ("config", "utils", "runtime", "codebase", "metrics", "stage", *PACKAGES, "cli")
 
 
 def _dvc() -> dict:
@@ -193,3 +193,16 @@ def test_top_level_layout() -> None:
         assert (REPO / name).exists(), name
     readme = REPO / "data" / "README.md"
     assert readme.is_file() and "by hand" in readme.read_text()
+
+
+def test_stages_import_the_library_only_after_stage_setup() -> None:
+    """An entrypoint imports only ``brainad.stage`` at module level: torch, numpy and OpenCV load
+    after ``stage_setup`` has pinned a deterministic study's kernels (:mod:`brainad.runtime`)."""
+    for path in (REPO / "stages").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [
+            node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+            for node in tree.body
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+        ]
+        assert imported == ["brainad.stage"], f"{path.name}: {imported}"

@@ -121,6 +121,12 @@ def test_pipeline_writes_every_report(micro_repo) -> None:
     assert split["cross_split_near_duplicate_pairs"] == 0
     summary = (reports / "evaluate" / "summary.md").read_text()
     assert "vqgan" in summary and "dataset_fingerprint" in summary
+    assert "Deterministic run: pinned kernels" in summary
+    provenance = json.loads((reports / "evaluate" / "evaluation.json").read_text())["provenance"]
+    assert provenance["runtime"]["mode"] == "deterministic"  # the stages pinned their kernels
+    assert provenance["runtime"]["threads"] == 1 and provenance["runtime"]["cpu_model"]
+    for entry in provenance["training"].values():
+        assert entry["runtime"]["mode"] == "deterministic" and len(entry["weights"]) == 32
     for fig in ("roc.png", "reconstructions.png", "heatmaps_vqgan.png", "lesion_pairs_dcgan.png"):
         assert (reports / "evaluate" / "figures" / fig).stat().st_size > 1000
     assert list((reports / "evaluate" / "plots" / "roc").glob("*.json"))
@@ -194,11 +200,22 @@ def test_dvc_push_pull_round_trip_with_a_local_remote(tmp_path: Path) -> None:
     assert (repo / "data" / "blob.bin").read_bytes() == payload
 
 
-def test_forced_rerun_reproduces_identical_metrics(micro_repo) -> None:
-    """Deterministic CPU settings: re-running every stage from scratch gives the same bytes."""
+def test_forced_rerun_under_other_isa_caps_reproduces_identical_results(micro_repo) -> None:
+    """Deterministic mode: every stage re-run from scratch (checkpoints deleted, so the models
+    are trained again) in processes whose ISA caps emulate an older CPU gives the same weights,
+    metrics and scores, byte for byte."""
     repo, env = micro_repo
-    metrics = repo / "reports" / "demo" / "evaluate" / "metrics.json"
-    scores = repo / "reports" / "demo" / "evaluate" / "scores.csv"
-    before = metrics.read_bytes(), scores.read_bytes()
-    run([sys.executable, "-m", "dvc", "repro", "--force", "evaluate@demo"], repo, env)
-    assert (metrics.read_bytes(), scores.read_bytes()) == before
+    evaluate = repo / "reports" / "demo" / "evaluate"
+    files = [evaluate / "metrics.json", evaluate / "scores.csv"]
+    before = [f.read_bytes() for f in files]
+    weights = _weights(evaluate)
+    shutil.rmtree(repo / "models" / "demo" / "checkpoints")
+    old_cpu = {**env, "ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}
+    run([sys.executable, "-m", "dvc", "repro", "--force", "evaluate@demo"], repo, old_cpu)
+    assert _weights(evaluate) == weights
+    assert [f.read_bytes() for f in files] == before
+
+
+def _weights(evaluate: Path) -> dict[str, str]:
+    training = json.loads((evaluate / "evaluation.json").read_text())["provenance"]["training"]
+    return {name: entry["weights"] for name, entry in training.items()}

@@ -37,6 +37,7 @@ from brainad.config import StudyConfig
 from brainad.data.arrays import load_arrays
 from brainad.evaluation.tracks import lesion_track
 from brainad.models.checkpoint import load_model
+from brainad.runtime import deterministic_kernels, study_deterministic
 from brainad.scoring.gan import SELECTION_SCORE, GANDetector
 from brainad.scoring.maps import aggregate, smooth
 from brainad.utils import select_device, write_json, write_text
@@ -102,22 +103,29 @@ def run_ablation(config: StudyConfig, arrays_dir: Path, models: dict[str, Path],
     track = lesion_track(config.evaluate.lesions, val)
     score = dataclasses.replace(SELECTION_SCORE, batch_size=BATCH_SIZE)
     rows = []
-    for name, path in models.items():
-        model, payload = load_model(path, device=device)
-        detector = GANDetector(
-            name, model, score, nn.Identity(), device, components=("residual",), diagnostics=True
-        )
-        started = time.perf_counter()
-        maps_val = raw_maps(detector, val.images, val.brain_masks)
-        maps_les = raw_maps(detector, track.lesions.images, track.brain_masks)
-        log.info(
-            "%s: mapped %d images in %.0f s",
-            name,
-            len(val.images) + len(track.clean_index),
-            time.perf_counter() - started,
-        )
-        epoch = int(payload.get("epoch", 0))
-        rows += _variant_rows(name, epoch, maps_val, maps_les, val, track)
+    with deterministic_kernels(study_deterministic(config)):  # pinned in deterministic mode
+        for name, path in models.items():
+            model, payload = load_model(path, device=device)
+            detector = GANDetector(
+                name,
+                model,
+                score,
+                nn.Identity(),
+                device,
+                components=("residual",),
+                diagnostics=True,
+            )
+            started = time.perf_counter()
+            maps_val = raw_maps(detector, val.images, val.brain_masks)
+            maps_les = raw_maps(detector, track.lesions.images, track.brain_masks)
+            log.info(
+                "%s: mapped %d images in %.0f s",
+                name,
+                len(val.images) + len(track.clean_index),
+                time.perf_counter() - started,
+            )
+            epoch = int(payload.get("epoch", 0))
+            rows += _variant_rows(name, epoch, maps_val, maps_les, val, track)
     document = {
         "study": config.name,
         "split": "val",

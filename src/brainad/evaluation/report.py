@@ -192,6 +192,8 @@ def summary_markdown(
         "",
         "## Provenance",
         "",
+        _mode_sentence(provenance.get("runtime")),
+        "",
         "```json",
         json.dumps(_brief(provenance), indent=2, sort_keys=True),
         "```",
@@ -323,7 +325,43 @@ def _brief(provenance: dict) -> dict:
     """Provenance for the summary: everything but the full params and source record (those are
     in ``evaluation.json``)."""
     out = {k: v for k, v in provenance.items() if k not in ("params", "source")}
+    if "runtime" in out:
+        out["runtime"] = _brief_runtime(out["runtime"])
+    if "training" in out:
+        out["training"] = {
+            name: {**entry, "runtime": _brief_runtime(entry.get("runtime"))}
+            for name, entry in out["training"].items()
+        }
     source = provenance.get("source", {})
     out["source"] = {k: source[k] for k in ("kind", "uri", "sha256", "n_files") if k in source}
     out["params"] = f"params.yaml, study {provenance.get('study')} (in full: evaluation.json)"
     return out
+
+
+def _brief_runtime(record: dict | None) -> dict | None:
+    """Mode, CPU, kernel level and threads of a :func:`brainad.runtime.describe` record."""
+    if not record:
+        return record
+    keys = ("mode", "cpu_model", "aten_cpu_capability", "threads")
+    return {**{k: record.get(k) for k in keys}, "onednn": record.get("onednn", {}).get("enabled")}
+
+
+def _mode_sentence(record: dict | None) -> str:
+    """How far these numbers reproduce, from the run mode of the evaluate process."""
+    mode = (record or {}).get("mode")
+    if mode == "deterministic":
+        return (
+            "Deterministic run: pinned kernels on one thread, so `dvc repro` gives these exact "
+            "numbers on any x86-64 CPU with the same installed builds; any difference from a "
+            'committed result is a real change (README, "Reading a metric diff").'
+        )
+    if mode == "same-machine":
+        return (
+            "Deterministic algorithms, but the kernels followed this CPU: the numbers reproduce "
+            "on this machine only."
+        )
+    return (
+        "Fast (non-deterministic) run: kernels and precision follow the CPU, so another machine "
+        "gives slightly different numbers; compare commits with `brainad compare`, which judges "
+        "a difference against the measured noise."
+    )

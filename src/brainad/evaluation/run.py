@@ -26,6 +26,7 @@ from brainad.evaluation.tracks import (
 )
 from brainad.models import registry
 from brainad.models.checkpoint import load_model
+from brainad.runtime import describe, deterministic_kernels, study_deterministic
 from brainad.scoring.baselines import default_baselines
 from brainad.scoring.bundle import ScorerBundle, make_detector, save_scorer
 from brainad.scoring.calibration import Calibration
@@ -95,7 +96,10 @@ def evaluate_model(
     extra = payload.get("extra") or {}
     result.metrics["training"] = {
         "epoch": epoch,
-        **{k: extra.get(k) for k in ("precision", "world", "best", "phase", "fingerprint")},
+        **{
+            k: extra.get(k)
+            for k in ("precision", "world", "best", "phase", "fingerprint", "weights", "runtime")
+        },
     }
     return result
 
@@ -141,6 +145,8 @@ def provenance(config: StudyConfig, prepare_report: dict, device: torch.device) 
         },
         "device": str(device),
         "precision": "fp32 (scoring)",
+        # this process's kernels, CPU and threads; each model's own are under "training"
+        "runtime": describe(study_deterministic(config)),
         "seeds": {
             "split": config.split.seed,
             "vqgan": config.vqgan.fit.seed,
@@ -170,50 +176,51 @@ def run_evaluate(
     from brainad.evaluation import figures, report
     from brainad.utils import read_json, select_device, write_json, write_text
 
-    device = select_device()
-    splits = load_splits(arrays_dir)
-    test = splits["test"]
-    track = lesion_track(config.evaluate.lesions, test)
-    lineage = provenance(config, read_json(prepare_report), device)
-    meta = {"study": config.name, "dataset_fingerprint": lineage["dataset_fingerprint"]}
-    results = [
-        evaluate_model(
-            config,
-            name,
-            registry.best_file(model_dir, name),
-            registry.scorer_file(scorers_dir, name),
-            splits,
-            track,
-            meta,
-            device,
+    with deterministic_kernels(study_deterministic(config)):  # pinned in deterministic mode
+        device = select_device()
+        splits = load_splits(arrays_dir)
+        test = splits["test"]
+        track = lesion_track(config.evaluate.lesions, test)
+        lineage = provenance(config, read_json(prepare_report), device)
+        meta = {"study": config.name, "dataset_fingerprint": lineage["dataset_fingerprint"]}
+        results = [
+            evaluate_model(
+                config,
+                name,
+                registry.best_file(model_dir, name),
+                registry.scorer_file(scorers_dir, name),
+                splits,
+                track,
+                meta,
+                device,
+            )
+            for name in registry.MODEL_NAMES
+        ]
+        results += [
+            evaluate_detector(config, baseline, splits, track)[0]
+            for baseline in default_baselines(config.evaluate)
+        ]
+        lineage["training"] = {r.name: r.metrics["training"] for r in results if r.kind == "model"}
+        compact = report.compact_metrics(results)
+        write_json(report_dir / "metrics.json", compact)
+        write_json(
+            report_dir / "evaluation.json",
+            {"provenance": lineage, "methods": {r.name: r.metrics for r in results}},
         )
-        for name in registry.MODEL_NAMES
-    ]
-    results += [
-        evaluate_detector(config, baseline, splits, track)[0]
-        for baseline in default_baselines(config.evaluate)
-    ]
-    lineage["training"] = {r.name: r.metrics["training"] for r in results if r.kind == "model"}
-    compact = report.compact_metrics(results)
-    write_json(report_dir / "metrics.json", compact)
-    write_json(
-        report_dir / "evaluation.json",
-        {"provenance": lineage, "methods": {r.name: r.metrics for r in results}},
-    )
-    report.write_plot_data(report_dir / "plots", results, test)
-    report.write_scores_csv(report_dir / "scores.csv", results, test)
-    figures.render_figures(report_dir / "figures", results, test, track, train_dir, config)
-    write_text(
-        report_dir / "summary.md",
-        report.summary_markdown(
-            config.name,
-            results,
-            lineage,
-            thesis_comparison=config.source.kind != "synthetic",
-            leak=read_json(split_report).get("official_split_leak"),
-            ablation=read_json(ablation_report) if ablation_report else None,
-        ),
-    )
+        report.write_plot_data(report_dir / "plots", results, test)
+        report.write_scores_csv(report_dir / "scores.csv", results, test)
+        figures.render_figures(report_dir / "figures", results, test, track, train_dir, config)
+        write_text(
+            report_dir / "summary.md",
+            report.summary_markdown(
+                config.name,
+                results,
+                lineage,
+                thesis_comparison=config.source.kind != "synthetic",
+                leak=read_json(split_report).get("official_split_leak"),
+                ablation=read_json(ablation_report) if ablation_report else None,
+            ),
+        )
     log.info(
         "evaluate: %s",
         {k: (v["real"]["roc_auc"], v["lesion"]["roc_auc"]) for k, v in compact.items()},

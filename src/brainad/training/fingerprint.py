@@ -12,6 +12,7 @@ from torch import nn
 
 from brainad.codebase import files_digest, import_closure
 from brainad.config import FitConfig, to_dict
+from brainad.runtime import ENVIRONMENT, environment_pinned
 
 # Settings that change when things happen, not what is computed: changing them keeps last.pt.
 SCHEDULE_ONLY = ("epochs", "checkpoint_every", "sample_every", "extra_sample_epochs")
@@ -57,8 +58,9 @@ def fit_fingerprint(module: nn.Module, train: torch.Tensor, config: FitConfig, p
     The fit config without its schedule-only keys (:data:`SCHEDULE_ONLY`, so ``epochs`` can be
     raised and training continues), the model name, ``spec()`` and its weights at the start of the
     fit (a DCGAN encoder phase must not resume on top of a different generator), the phase, the
-    training data (shape, dtype, checksum) and the training code (:func:`code_checksum`: a
-    checkpoint written by different code is not resumed, so a code change really re-trains).
+    training data (shape, dtype, checksum), the training code (:func:`code_checksum`: a
+    checkpoint written by different code is not resumed, so a code change really re-trains) and,
+    in deterministic mode, whether the kernels were pinned and how.
     """
     settings = {k: v for k, v in to_dict(config).items() if k not in SCHEDULE_ONLY}
     document = {
@@ -71,5 +73,9 @@ def fit_fingerprint(module: nn.Module, train: torch.Tensor, config: FitConfig, p
         "train_shape": list(train.shape),
         "train_dtype": str(train.dtype),
         "train_checksum": tensor_checksum(train),
+        # a deterministic run resumes only under the same pinned kernels (brainad.runtime)
+        "kernels": {"pinned": environment_pinned(), **ENVIRONMENT}
+        if config.deterministic
+        else None,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

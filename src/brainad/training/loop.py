@@ -29,6 +29,7 @@ from torch import nn
 
 from brainad.config import FitConfig, to_dict
 from brainad.models.protocol import StepOutput
+from brainad.runtime import describe, deterministic_kernels
 from brainad.training.batches import augment_batch, batch_indices
 from brainad.training.distributed import (
     DistContext,
@@ -36,10 +37,7 @@ from brainad.training.distributed import (
     _sync_buffers,
     distributed_context,
 )
-from brainad.training.fingerprint import (
-    derived_seed,
-    fit_fingerprint,
-)
+from brainad.training.fingerprint import derived_seed, fit_fingerprint, state_checksum
 from brainad.training.precision import Precision, choose_precision
 from brainad.training.reporting import _Reporter, save_sample_grid
 from brainad.training.resume import (
@@ -137,6 +135,8 @@ class _Run:
             "fingerprint": self.fingerprint,
             "precision": self.precision.name,
             "world": self.ctx.world,
+            "runtime": describe(self.config.deterministic),
+            "weights": state_checksum(self.module),  # compare across machines without the file
             "history": self.history,
             "best": self.best,
             "first_g_loss": self.first_g_loss,
@@ -328,7 +328,8 @@ def _check_divergence(run: _Run, epoch: int, logs: dict[str, float]) -> None:
 # ------------------------------------------------------------------------------------- fit
 @contextlib.contextmanager
 def _deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
-    """Deterministic algorithms for the duration of the fit (restored afterwards)."""
+    """Deterministic algorithms and, on CPU, pinned kernels (:mod:`brainad.runtime`) for the
+    duration of the fit (restored afterwards)."""
     if not enabled:
         yield
         return
@@ -342,7 +343,8 @@ def _deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
     torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
     torch.backends.cudnn.benchmark = False
     try:
-        yield
+        with deterministic_kernels(device.type == "cpu"):
+            yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.benchmark = previous[2]

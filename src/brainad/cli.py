@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("study")
     aud.add_argument("--root", type=Path, default=Path("."), help="repository root")
     aud.set_defaults(func=cmd_audit)
+    from brainad.evaluation.compare import register as register_compare
+
+    register_compare(sub)
     return parser
 
 

@@ -233,3 +233,42 @@ def test_dvc_noop_null_when_repro_runs_a_stage(bench: ModuleType, tmp_path: Path
 def test_dvc_noop_null_when_dvc_missing(bench: ModuleType, tmp_path: Path) -> None:
     result = bench.bench_dvc_noop(tmp_path, reps=1, dvc=tmp_path / "no-dvc")
     assert result["seconds"] is None and "not found" in result["reason"]
+
+
+# --------------------------------------------------------------- determinism and seed spread
+@pytest.mark.slow
+def test_determinism_quick_run_pins_only_the_deterministic_variant(tmp_path: Path) -> None:
+    out = tmp_path / "determinism.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.determinism", "--quick", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    document = json.loads(out.read_text())
+    modes = {v: document["variants"][v]["runtime"]["mode"] for v in document["variants"]}
+    assert modes == {"fast": "fast", "fast-1-thread": "fast", "deterministic": "deterministic"}
+    assert document["variants"]["fast-1-thread"]["runtime"]["threads"] == 1
+    ratios = document["slowdown"]["vs fast-1-thread"]
+    assert set(ratios) == {"train vqgan", "train vqgan_prior", "train dcgan", "score vqgan",
+                           "score vqgan_prior"}  # fmt: skip
+    assert all(r > 0 for r in ratios.values())
+    assert "| train vqgan |" in proc.stdout
+
+
+def test_seed_spread_sets_every_fit_seed_and_measures_sd() -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO))
+        seeds = importlib.import_module("benchmarks.seeds")
+    from brainad.config import load_study
+
+    config = seeds.seeded(load_study("demo", REPO / "params.yaml"), 7, 0.25)
+    fits = [config.vqgan.fit, config.dcgan.fit, config.dcgan.encoder_fit, config.vqgan_prior.fit]
+    assert {f.seed for f in fits} == {7}
+    assert [f.epochs for f in fits] == [15, 25, 15, 10]  # 60, 100, 60, 40 x 0.25
+    assert seeds.flatten({"m": {"kind": "model", "real": {"roc_auc": 0.8, "x": None}}}) == {
+        "m.real.roc_auc": 0.8
+    }
+    spread = seeds.spread({0: {"a": 0.70, "b": 1.0}, 1: {"a": 0.74}, 2: {"a": 0.72}})
+    assert list(spread) == ["a"]  # only metrics every seed has
+    assert spread["a"]["sd"] == pytest.approx(0.02)
+    assert spread["a"]["beyond_noise_above"] == pytest.approx(1.96 * 2**0.5 * 0.02)

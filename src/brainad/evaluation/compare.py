@@ -53,6 +53,7 @@ class Row:
         metric: dotted key in the metrics file (e.g. ``dcgan.lesion.roc_auc``).
         old: value at ``A`` (None if absent). new: value at ``B`` (None if absent).
         diff: ``new - old`` for numbers, else None.
+        ci: ``[low, high]``, the bootstrap 95 % CI of ``old`` (None if not in evaluation.json).
         noise: the largest ``|diff|`` that is still noise (None if unknown).
         noise_source: ``seeds (N)``, ``bootstrap CI`` or ``""``.
         verdict: one of the verdicts in the module docstring.
@@ -63,6 +64,7 @@ class Row:
     old: Any
     new: Any
     diff: float | None
+    ci: list[float] | None
     noise: float | None
     noise_source: str
     verdict: str
@@ -149,16 +151,13 @@ def _seed_noise(spread: dict | None, metric: str) -> tuple[float, str] | None:
     return None
 
 
-def _row(
-    file: str, metric: str, old: Any, new: Any, noise: dict, tolerance: float
-) -> Row:  # fmt: skip
-    if old is None and new is None:
-        return Row(metric, old, new, None, None, "", "unchanged", file)
+def _row(file: str, metric: str, old: Any, new: Any, noise: dict, tolerance: float) -> Row:
     if old is None or new is None:
-        return Row(metric, old, new, None, None, "", "added" if old is None else "removed", file)
+        verdict = "unchanged" if old == new else ("added" if old is None else "removed")
+        return Row(metric, old, new, None, None, None, "", verdict, file)
     if not (_number(old) and _number(new)):
         verdict = "unchanged" if old == new else "changed"
-        return Row(metric, old, new, None, None, "", verdict, file)
+        return Row(metric, old, new, None, None, None, "", verdict, file)
     diff = float(new) - float(old)
     seeds = _seed_noise(noise.get("spread"), metric)
     interval = _bootstrap_interval(noise.get("evaluation"), metric)
@@ -176,7 +175,8 @@ def _row(
         verdict = "changed"
     else:
         verdict = "within noise" if inside else "beyond noise"
-    return Row(metric, old, new, diff, scale, source, verdict, file)
+    ci = list(interval) if interval else None
+    return Row(metric, old, new, diff, ci, scale, source, verdict, file)
 
 
 # ------------------------------------------------------------------------------ compare
@@ -236,11 +236,13 @@ def _deterministic(root: Path, study: str) -> bool:
 
 
 def _spread(root: Path, study: str | None, path: Path | None) -> dict | None:
+    """The seed spread document (``path``, or the study's default file if it exists)."""
     if path is None and study:
         path = root / SPREAD_FILE.format(study=study)
     if path is None or not Path(path).is_file():
         return None
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    shown = Path(path).relative_to(root) if Path(path).is_relative_to(root) else Path(path)
+    return {**json.loads(Path(path).read_text(encoding="utf-8")), "file": shown.as_posix()}
 
 
 def _spread_note(spread: dict | None) -> str | None:
@@ -248,7 +250,7 @@ def _spread_note(spread: dict | None) -> str | None:
         return None
     return (
         f"{len(spread.get('seeds', []))} training seeds at {spread.get('epoch_scale', 1)}x the "
-        f"study's epochs ({spread.get('file', SPREAD_FILE)})"
+        f"study's epochs (`{spread['file']}`)"
     )
 
 
@@ -298,16 +300,17 @@ def to_markdown(result: dict, show_all: bool = False) -> str:
     if not shown:
         return "\n".join([*lines, "Every metric is unchanged.", ""])
     lines += [
-        f"| metric | `{a}` | `{b}` | Δ | noise (±) | noise from | verdict |",
-        "|---|---:|---:|---:|---:|---|---|",
+        f"| metric | `{a}` | `{b}` | Δ | `{a}` 95 % CI | noise (±) | noise from | verdict |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in shown:
         verdict = (
             r["verdict"] if r["verdict"] in ("unchanged", "within noise") else f"**{r['verdict']}**"
         )
+        ci = f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]" if r["ci"] else "–"
         lines.append(
             f"| {r['metric']} | {_fmt(r['old'])} | {_fmt(r['new'])} | {_signed(r['diff'])} "
-            f"| {_fmt(r['noise'])} | {r['noise_source'] or '–'} | {verdict} |"
+            f"| {ci} | {_fmt(r['noise'])} | {r['noise_source'] or '–'} | {verdict} |"
         )
     hidden = len(rows) - len(shown)
     if hidden:

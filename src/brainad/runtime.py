@@ -178,13 +178,16 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         return
     import torch
 
-    threads = torch.get_num_threads()
-    with torch.backends.mkldnn.flags(enabled=False), torch.backends.nnpack.flags(enabled=False):
-        torch.set_num_threads(THREADS)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
+    previous = (torch.backends.mkldnn.enabled, torch.get_num_threads())
+    nnpack = torch.backends.nnpack.set_flags(False)[0]  # (mkldnn.flags() would warn about TF32)
+    torch.backends.mkldnn.enabled = False
+    torch.set_num_threads(THREADS)
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous[0]
+        torch.backends.nnpack.set_flags(nnpack)
+        torch.set_num_threads(previous[1])
 
 
 # ------------------------------------------------------------------------------ provenance

@@ -353,7 +353,8 @@ def _mode_sentence(record: dict | None) -> str:
         return (
             "Deterministic run: pinned kernels on one thread, so `dvc repro` gives these exact "
             "numbers on any x86-64 CPU with the same installed builds; any difference from a "
-            'committed result is a real change (README, "Reading a metric diff").'
+            "committed result is a real change; `brainad compare` says whether it is beyond the "
+            'seed noise measured in `../seeds/spread.md` (README, "Reading a metric diff").'
         )
     if mode == "same-machine":
         return (

@@ -1,6 +1,6 @@
 """Seed spread: how much each headline metric moves when only the training seed changes.
 
-    python -m benchmarks.seeds [--study demo] [--seeds 0 1 2] [--epoch-scale 0.5]
+    python -m benchmarks.seeds [--study demo] [--seeds 0 1 2] [--epoch-scale 0.05]
                                [--arrays-dir data/demo/arrays] [--out reports/demo/seeds]
 
 Trains every registered model of the study once per seed — every ``fit.seed`` set to it, every
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", default="demo")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epoch-scale", type=float, default=0.5)
+    parser.add_argument("--epoch-scale", type=float, default=0.05, help="of every fit.epochs")
     parser.add_argument("--arrays-dir", type=Path, default=None, help="default data/<study>/arrays")
     parser.add_argument("--out", type=Path, default=None, help="default reports/<study>/seeds")
     args = parser.parse_args(argv)

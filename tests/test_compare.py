@@ -104,10 +104,9 @@ def test_seed_spread_is_the_noise_scale_where_measured(repo: Path) -> None:
     spread = repo / "reports/brain-tumor-mri/seeds/spread.json"
     spread.parent.mkdir(parents=True)
     values = [0.78, 0.8, 0.82]
-    spread.write_text(
-        json.dumps({"seeds": [0, 1, 2], "metrics": {"vqgan.real.roc_auc": {"sd": 0.02, "values": values}}})
-    )  # fmt: skip
-    _changed(path, roc_auc=0.84)  # inside the bootstrap CI, beyond 1.96*sqrt(2)*0.02 = 0.0554?
+    metrics = {"vqgan.real.roc_auc": {"sd": 0.02, "values": values}, "vqgan.real.f1": {"sd": 0.0}}
+    spread.write_text(json.dumps({"seeds": [0, 1, 2], "metrics": metrics}))
+    _changed(path, roc_auc=0.84)  # 0.04 <= 1.96 * sqrt(2) * 0.02 = 0.0554: within seed noise
     result = compare(repo, "HEAD", None, "brain-tumor-mri")
     row = next(r for r in result["rows"] if r["metric"] == "vqgan.real.roc_auc")
     assert row["noise_source"] == "seeds (3)" and row["noise"] == pytest.approx(0.05544, abs=1e-4)
@@ -116,6 +115,13 @@ def test_seed_spread_is_the_noise_scale_where_measured(repo: Path) -> None:
     result = compare(repo, "HEAD", None, "brain-tumor-mri")
     assert _verdicts(result)["vqgan.real.roc_auc"] == "beyond noise"
     assert "3 training seeds" in to_markdown(result)
+    _changed(path, f1=0.65)  # sd 0 over seeds is no noise estimate: the bootstrap CI decides
+    row = next(
+        r
+        for r in compare(repo, "HEAD", None, "brain-tumor-mri")["rows"]
+        if r["metric"] == "vqgan.real.f1"
+    )
+    assert (row["noise_source"], row["verdict"]) == ("bootstrap CI", "within noise")
 
 
 def test_two_commits_and_added_or_removed_metrics(repo: Path) -> None:

@@ -14,7 +14,8 @@ can be compared. Each metric gets a verdict:
 The noise scale of a metric is, where available, the measured seed spread
 (``reports/<study>/seeds/spread.json``, written by ``python -m benchmarks.seeds``): a change is
 beyond noise when it exceeds :data:`SEED_Z` · √2 · the standard deviation over training seeds,
-the 95 % band of the difference of two runs that differ only in their seed. Otherwise it is the
+the 95 % band of the difference of two runs that differ only in their seed (a standard deviation
+of 0, every seed giving the same value, is no estimate and is skipped). Otherwise it is the
 bootstrap confidence interval of ``A``'s value in the ``evaluation.json`` beside the metrics file
 (test-set sampling noise): beyond noise when ``B``'s value lies outside it.
 
@@ -145,7 +146,7 @@ def seed_noise_threshold(sd: float) -> float:
 
 def _seed_noise(spread: dict | None, metric: str) -> tuple[float, str] | None:
     entry = (spread or {}).get("metrics", {}).get(metric)
-    if isinstance(entry, dict) and _number(entry.get("sd")):
+    if isinstance(entry, dict) and _number(entry.get("sd")) and entry["sd"] > 0:  # 0: degenerate
         seeds = len(entry.get("values", [])) or len(spread.get("seeds", []))
         return seed_noise_threshold(float(entry["sd"])), f"seeds ({seeds})"
     return None

@@ -339,10 +339,11 @@ def _brief(provenance: dict) -> dict:
 
 
 def _brief_runtime(record: dict | None) -> dict | None:
-    """Mode, CPU, kernel level and threads of a :func:`brainad.runtime.describe` record."""
+    """Mode, kernel level and threads of a :func:`brainad.runtime.describe` record (the CPU
+    model is in evaluation.json: left out here, a deterministic summary is the same on every CPU)."""
     if not record:
         return record
-    keys = ("mode", "cpu_model", "aten_cpu_capability", "threads")
+    keys = ("mode", "aten_cpu_capability", "threads")
     return {**{k: record.get(k) for k in keys}, "onednn": record.get("onednn", {}).get("enabled")}
 
 

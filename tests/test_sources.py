@@ -67,7 +67,14 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def _source(kind: str, uri: str = "", sha256: str = "") -> SourceConfig:
-    return SourceConfig(kind=kind, uri=uri, sha256=sha256, max_members=1000, max_total_bytes=BIG)
+    return SourceConfig(
+        kind=kind,
+        uri=uri,
+        sha256=sha256,
+        max_members=1000,
+        max_total_bytes=BIG,
+        max_compression_ratio=100,
+    )
 
 
 # --------------------------------------------------------------------------------- HTTP server

@@ -48,6 +48,9 @@ EXPECTED_LAYOUT = (
     "(classes such as glioma, meningioma, notumor, pituitary)"
 )
 _CHUNK = 1 << 20
+# Data that inflate to less than this are never refused by compression ratio: a small, highly
+# compressible file (a blank slice, a text file) is harmless; source.max_total_bytes still applies.
+_RATIO_FLOOR_BYTES = 1 << 20
 _TIMEOUT_S = 60.0
 _BACKOFF_S = 1.0  # first retry delay; doubles per attempt
 _IGNORED_TOP_LEVEL = ("__MACOSX",)
@@ -124,7 +127,13 @@ def _acquire_archive(
     if not source.uri:
         raise ValueError("source.uri: empty; set it to an archive path or URL in params.yaml")
     fetched = _fetch(source.uri, download_dir, source.sha256, retries=3)
-    safe_extract(fetched.path, staged, source.max_members, source.max_total_bytes)
+    safe_extract(
+        fetched.path,
+        staged,
+        source.max_members,
+        source.max_total_bytes,
+        max_ratio=source.max_compression_ratio,
+    )
     _check_layout(staged, f"{redact_uri(source.uri)} (extracted)")
     return {
         "archive": fetched.path.name,
@@ -505,22 +514,61 @@ def _progress(name: str, total: int | None, completed: int) -> Iterator[Callable
 
 
 # ------------------------------------------------------------------------------------ extracting
-class _Budget:
-    """Counts bytes actually written, so a member that lies about its size cannot bypass the cap."""
+_RATIO_HINT = "raise source.max_compression_ratio in params.yaml if the archive is genuine"
 
-    def __init__(self, archive: Path, max_total_bytes: int) -> None:
+
+class _Budget:
+    """Counts bytes actually written, so a member that lies about its size cannot bypass the caps.
+
+    Two caps: the total (``max_total_bytes``) and the compression ratio (``max_ratio``, or None
+    for no ratio check), per member where the archive stores each member's compressed size (zip)
+    and for the whole archive (the bytes written so far against the archive file's size).
+    """
+
+    def __init__(self, archive: Path, max_total_bytes: int, max_ratio: float | None) -> None:
         self.archive, self.left, self.limit = archive, max_total_bytes, max_total_bytes
+        self.ratio, self.archive_bytes, self.written = max_ratio, archive.stat().st_size, 0
 
     def spend(self, n_bytes: int, member: str) -> None:
         self.left -= n_bytes
+        self.written += n_bytes
         if self.left < 0:
             raise ValueError(
                 f"{self.archive}: member {member!r} takes the extracted data beyond "
                 f"source.max_total_bytes={self.limit} (a size header understated it); refusing"
             )
+        self.check_archive_ratio(self.written, member)
+
+    def check_archive_ratio(self, inflated: int, member: str) -> None:
+        """Refuse once ``inflated`` bytes (written or declared) exceed ratio x the archive size."""
+        if self.ratio is None or inflated <= max(
+            _RATIO_FLOOR_BYTES, self.ratio * self.archive_bytes
+        ):
+            return
+        raise ValueError(
+            f"{self.archive}: member {member!r} takes the extracted data beyond "
+            f"source.max_compression_ratio={self.ratio:g} times the archive's "
+            f"{self.archive_bytes} bytes (possible zip bomb); refusing; {_RATIO_HINT}"
+        )
+
+    def check_member_ratio(self, inflated: int, compressed: int, member: str) -> None:
+        """Refuse a member whose ``inflated`` bytes exceed ratio x its ``compressed`` bytes."""
+        if self.ratio is None or inflated <= max(_RATIO_FLOOR_BYTES, self.ratio * compressed):
+            return
+        raise ValueError(
+            f"{self.archive}: member {member!r} inflates to more than "
+            f"source.max_compression_ratio={self.ratio:g} times its {compressed} compressed bytes "
+            f"(at least {inflated} bytes; possible zip bomb); refusing; {_RATIO_HINT}"
+        )
 
 
-def safe_extract(archive: Path, dest: Path, max_members: int, max_total_bytes: int) -> int:
+def safe_extract(
+    archive: Path,
+    dest: Path,
+    max_members: int,
+    max_total_bytes: int,
+    max_ratio: float | None = None,
+) -> int:
     """Extract a zip or tar (optionally gz/bz2/xz) archive safely; return the number of files.
 
     Members with ``..``, absolute paths or drive letters, links, devices and fifos are refused;
@@ -528,16 +576,32 @@ def safe_extract(archive: Path, dest: Path, max_members: int, max_total_bytes: i
     Training/Testing is removed. Extraction happens in a temporary sibling of ``dest`` that
     replaces ``dest`` only when complete.
 
+    Args:
+        archive: the zip or tar file.
+        dest: folder to create (replaced only once extraction is complete).
+        max_members: refuse archives with more members.
+        max_total_bytes: refuse archives whose members (declared or actually written) add up to
+            more bytes.
+        max_ratio: refuse a zip member that inflates to more than this many times its compressed
+            size, and any archive whose extracted bytes exceed this many times the archive's size
+            (``source.max_compression_ratio``; None: no ratio check). Data under 1 MiB are
+            never refused by ratio.
+
     Raises:
-        ValueError: not a zip/tar, an unsafe member (named), too many members or too many bytes.
+        ValueError: not a zip/tar, an unsafe member (named), too many members, too many bytes, or
+            a compression ratio above ``max_ratio`` (named member, and how to raise the limit).
     """
     archive, dest = Path(archive), Path(dest)
     if max_members < 1 or max_total_bytes < 1:
         raise ValueError("source.max_members / source.max_total_bytes: must be positive")
+    if max_ratio is not None and not max_ratio >= 1:
+        raise ValueError(
+            f"source.max_compression_ratio: must be >= 1, got {max_ratio}; fix it in params.yaml"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
     try:
-        budget = _Budget(archive, max_total_bytes)
+        budget = _Budget(archive, max_total_bytes, max_ratio)
         try:
             if _is_zip(archive):
                 _extract_zip(archive, tmp, max_members, budget)
@@ -608,14 +672,25 @@ def _check_declared(archive: Path, declared: int, budget: _Budget) -> None:
 
 
 def _write_member(
-    archive: Path, root: Path, rel: PurePosixPath, source: IO[bytes], budget: _Budget, name: str
+    archive: Path,
+    root: Path,
+    rel: PurePosixPath,
+    source: IO[bytes],
+    budget: _Budget,
+    name: str,
+    compressed: int | None = None,
 ) -> None:
-    """Stream one member into ``root/rel``, counting the bytes actually written."""
+    """Stream one member into ``root/rel``, counting the bytes actually written (and checking
+    them against ``compressed``, the member's compressed size, where the archive stores it)."""
     target = root.joinpath(*rel.parts)
+    written = 0
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "wb") as out:
             while chunk := source.read(_CHUNK):
+                written += len(chunk)
+                if compressed is not None:
+                    budget.check_member_ratio(written, compressed, name)
                 budget.spend(len(chunk), name)
                 out.write(chunk)
     except (NotADirectoryError, IsADirectoryError, FileExistsError):
@@ -627,6 +702,11 @@ def _extract_zip(archive: Path, root: Path, max_members: int, budget: _Budget) -
         infos = zf.infolist()
         _check_count(archive, len(infos), max_members)
         _check_declared(archive, sum(i.file_size for i in infos), budget)
+        declared = 0
+        for info in infos:  # declared ratios first: refuse an honest bomb before writing
+            budget.check_member_ratio(info.file_size, info.compress_size, info.filename)
+            declared += info.file_size
+            budget.check_archive_ratio(declared, info.filename)
         for info in infos:
             rel = _member_path(archive, info.filename)
             mode = info.external_attr >> 16
@@ -640,7 +720,7 @@ def _extract_zip(archive: Path, root: Path, max_members: int, budget: _Budget) -
             if info.flag_bits & 0x1:
                 raise _refuse(archive, info.filename, "encrypted member")
             with zf.open(info) as source:
-                _write_member(archive, root, rel, source, budget, info.filename)
+                _write_member(archive, root, rel, source, budget, info.filename, info.compress_size)
 
 
 def _extract_tar(archive: Path, root: Path, max_members: int, budget: _Budget) -> None:
@@ -660,6 +740,7 @@ def _extract_tar(archive: Path, root: Path, max_members: int, budget: _Budget) -
                 raise _refuse(archive, member.name, f"unsupported member type {member.type!r}")
             declared += member.size
             _check_declared(archive, declared, budget)
+            budget.check_archive_ratio(declared, member.name)
             source = tf.extractfile(member)
             if source is None:
                 raise _refuse(archive, member.name, "unreadable member")

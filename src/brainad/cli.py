@@ -2,163 +2,23 @@
 
 brainad score --model models/demo/scorers/vqgan.pt IMAGE_OR_FOLDER... --out results/
 brainad audit demo
+
+Add --debug (anywhere) for debug logging and a traceback with any error.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from brainad.utils import setup_logging, write_text
+from brainad.utils import setup_logging
 
 log = logging.getLogger("brainad")
-
-
-# -------------------------------------------------------------------------------------- score
-def collect_images(inputs: Sequence[str]) -> list[Path]:
-    """Image files named directly or found (recursively) in folders, in sorted order."""
-    from brainad.data.imageio import IMAGE_SUFFIXES
-
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder; check the path")
-    if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found in {list(inputs)}")
-    return files
-
-
-def score_files(model_path: Path, files: Sequence[Path], device: str = "auto"):
-    """Preprocess ``files`` exactly like the study did and score them with the saved calibration.
-
-    Returns ``(rows, arrays, scored, bundle)``: one row per input file (quarantined files too).
-    """
-    from brainad.data.arrays import preprocess_files
-    from brainad.evaluation import load_scorer, score_images
-    from brainad.utils import select_device
-
-    torch_device = select_device(device)
-    bundle = load_scorer(model_path, device=torch_device)
-    files = [Path(f).resolve() for f in files]
-    root = Path(os.path.commonpath([f.parent for f in files]))
-    rows = [
-        {
-            "path": f.relative_to(root).as_posix(),
-            "label": "healthy",
-            "class_name": "",
-            "folder": "",
-            "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
-            "mask_path": "",
-        }
-        for f in files
-    ]
-    out = preprocess_files(root, rows, bundle.preprocess)
-    scored = score_images(
-        bundle.scorer(torch_device),
-        bundle.calibration,
-        bundle.score,
-        out.arrays.images,
-        out.arrays.brain_masks,
-        keep_maps=True,
-    )
-    by_path = {p: i for i, p in enumerate(out.arrays.paths.tolist())}
-    reasons = {q.path: q.reason for q in out.quarantined}
-    result = []
-    for row in rows:
-        entry = {
-            "path": str(root / row["path"]),
-            "sha256": row["sha256"],
-            "status": "scored",
-            "reason": "",
-        }
-        i = by_path.get(row["path"])
-        if i is None:
-            entry.update(status="quarantined", reason=reasons.get(row["path"], "not decoded"))
-        else:
-            entry.update({f"component_{k}": float(v[i]) for k, v in scored.components.items()})
-            entry.update(
-                score=float(scored.score[i]),
-                threshold=bundle.calibration.threshold,
-                prediction=int(scored.prediction[i]),
-                fallback=bool(out.arrays.fallback[i]),
-            )
-        result.append(entry)
-    return result, out.arrays, scored, bundle
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    fields: list[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
-
-def _write_heatmaps(out_dir: Path, arrays, scored, threshold: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from brainad.utils import atomic_path
-
-    for i, path in enumerate(arrays.paths.tolist()):
-        m = scored.maps[i].squeeze().astype(np.float32)
-        fig, axes = plt.subplots(1, 2, figsize=(5, 2.7))
-        axes[0].imshow(arrays.images[i].squeeze().astype(np.float32), cmap="gray", vmin=-1, vmax=1)
-        axes[1].imshow(arrays.images[i].squeeze().astype(np.float32), cmap="gray", vmin=-1, vmax=1)
-        axes[1].imshow(np.ma.masked_less_equal(m, np.quantile(m, 0.9)), cmap="inferno", alpha=0.7)
-        verdict = "ANOMALOUS" if scored.prediction[i] else "normal"
-        fig.suptitle(
-            f"{Path(path).name}: score {scored.score[i]:.2f} "
-            f"(threshold {threshold:.2f}) → {verdict}",
-            fontsize=8,
-        )
-        for ax in axes:
-            ax.axis("off")
-        name = f"{i:05d}_{Path(path).stem[:60]}.png"
-        with atomic_path(out_dir / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    files = collect_images(args.inputs)
-    rows, arrays, scored, bundle = score_files(args.model, files, args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    _write_csv(args.out / "scores.csv", rows)
-    if not args.no_heatmaps and len(arrays.paths):
-        _write_heatmaps(args.out / "heatmaps", arrays, scored, bundle.calibration.threshold)
-    flagged = sum(r.get("prediction", 0) for r in rows)
-    quarantined = sum(r["status"] == "quarantined" for r in rows)
-    log.info(
-        "scored %d files: %d flagged anomalous, %d quarantined → %s",
-        len(rows),
-        flagged,
-        quarantined,
-        args.out / "scores.csv",
-    )
-    return 0
 
 
 # -------------------------------------------------------------------------------------- audit
@@ -241,23 +101,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    """The ``brainad`` parser: ``score`` (:mod:`brainad.score_cli`) and ``audit``."""
+    from brainad.score_cli import add_score_parser
+
     parser = argparse.ArgumentParser(
         prog="brainad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    debug = "debug logging, and a traceback for any error"
+    parser.add_argument("--debug", action="store_true", help=debug)
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command, too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="score JPEG/PNG scans with a trained study model")
-    score.add_argument(
-        "--model",
-        required=True,
-        type=Path,
-        help="scorer bundle written by evaluate, e.g. models/demo/scorers/vqgan.pt",
+    add_score_parser(sub, [common])
+    aud = sub.add_parser(
+        "audit", parents=[common], help="print a study's lineage and re-verify image hashes"
     )
-    score.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
-    score.add_argument("--out", type=Path, default=Path("brainad-scores"))
-    score.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
-    score.add_argument("--no-heatmaps", action="store_true")
-    score.set_defaults(func=cmd_score)
-    aud = sub.add_parser("audit", help="print a study's lineage and re-verify image hashes")
     aud.add_argument("study")
     aud.add_argument("--root", type=Path, default=Path("."), help="repository root")
     aud.set_defaults(func=cmd_audit)
@@ -265,12 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for any error, without a traceback
+    unless ``--debug``; 130 when interrupted)."""
     args = build_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(logging.DEBUG if args.debug else logging.INFO)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except (ValueError, FileNotFoundError) as exc:  # a problem the message explains
+        for line in str(exc).splitlines():
+            log.error("%s", line)
+        if args.debug:
+            log.exception("traceback (--debug)")
+        return 2
+    except Exception as exc:
+        if args.debug:
+            log.exception("unexpected error")
+        else:
+            log.error(
+                "unexpected error (%s: %s); re-run with --debug to see the traceback",
+                type(exc).__name__,
+                exc,
+            )
         return 2
 
 

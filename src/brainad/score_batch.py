@@ -1,0 +1,389 @@
+"""One batch of ``brainad score``: read and hash each file, decode it through the evaluate stage's
+code (``Engine.prepare``), score it (``Engine.score``), turn every outcome into a row.
+
+Per file, in this order: a problem found while walking (broken symlink, fifo, unreadable folder)
+→ an unsupported file type → not a regular file → larger than any image the model accepts →
+unreadable (permission, I/O error) → already recorded under this path with this sha256
+(``--resume``: skipped) → the same bytes as an earlier file (a ``duplicate`` row naming it, not
+scored twice) → decoded and preprocessed, or quarantined with the decoder's reason → scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from brainad.data.imageio import IMAGE_SUFFIXES
+from brainad.score_checks import ScoreError
+from brainad.score_inputs import Item, file_kind, shown
+from brainad.score_maps import MapsMode, TopK, map_name, render, save_png, swap_folder, title
+from brainad.score_results import (
+    CSV_NAME,
+    MAPS_NAME,
+    Previous,
+    ResultsWriter,
+    check_resumable,
+    clear_ours,
+    columns,
+    empty_previous,
+    folder_state,
+    iter_scored,
+    now,
+    read_previous,
+    read_run,
+    run_record,
+    save_run,
+)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from brainad.data.arrays import PreprocessOutput
+    from brainad.score_cli import Engine
+
+log = logging.getLogger("brainad")
+
+LIBRARY_ROOT = Path("/")  # rows name each file's real path relative to the filesystem root
+BYTES_PER_PIXEL = 8  # 16-bit RGBA, uncompressed: no image within max_pixels is larger
+HEADER_SLACK = 1 << 20
+LOGGED_QUARANTINES = 20
+_REWORDED = {
+    "raise preprocess.max_pixels if it is genuine": (
+        "the model's study fixed max_pixels; downscale the image to score it"
+    ),
+}
+
+
+class Options(NamedTuple):
+    """Run settings: ``maps`` mode, decoding ``workers`` threads, files per ``batch_size``."""
+
+    maps: MapsMode
+    workers: int
+    batch_size: int
+
+
+@dataclass
+class Session:
+    """An open results folder and what this run has seen so far."""
+
+    out: Path
+    options: Options
+    writer: ResultsWriter
+    previous: Previous
+    record: dict
+    threshold: float
+    max_bytes: int
+    started: str = field(default_factory=now)
+    seen: dict[str, tuple[str, str]] = field(default_factory=dict)
+    top: TopK | None = None
+    logged: int = 0
+
+
+class Inspected(NamedTuple):
+    """A file after the checks that need no decoding (``key``: its row path for the library)."""
+
+    item: Item
+    sha256: str
+    problem: str
+    key: str
+
+
+class Batch(NamedTuple):
+    """Inspected files (input order) and the library's output for those that were decoded."""
+
+    files: list[Inspected]
+    outputs: list[PreprocessOutput]
+
+
+# ---------------------------------------------------------------------------------- session
+def open_session(
+    out: Path, engine: Engine, model: Path, model_sha256: str, options: Options, args: Any
+) -> Session:
+    """Create (or re-open with ``--resume``) the results folder; refuses unusable ones.
+
+    Raises:
+        ScoreError: the folder cannot be created or written, or its results are not resumable.
+    """
+    header = columns(engine.components)
+    try:
+        if args.overwrite and folder_state(out) == "ours":
+            clear_ours(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ScoreError(
+            f"--out {shown(out)}: cannot write there ({exc.strerror or exc}); choose a folder "
+            "you can write to"
+        ) from None
+    previous, record = empty_previous(), None
+    if args.resume and (out / CSV_NAME).exists():
+        record = read_run(out)
+        check_resumable(record, model, model_sha256, header, str(options.maps))
+        previous = read_previous(out, header)
+        log.info("resuming %s: %d rows already recorded", out / CSV_NAME, previous.rows)
+    elif args.resume:
+        log.info("--resume: no results in %s yet; starting", out)
+    if record is None:
+        record = run_record(model, model_sha256, engine.bundle.meta, header, str(options.maps))
+    save_run(out, record)
+    max_pixels = engine.bundle.preprocess.max_pixels
+    session = Session(
+        out,
+        options,
+        ResultsWriter(out / CSV_NAME, header),
+        previous,
+        record,
+        float(engine.bundle.calibration.threshold),
+        max_pixels * BYTES_PER_PIXEL + HEADER_SLACK,
+    )
+    if options.maps.kind == "top":
+        session.top = TopK(options.maps.k)
+    return session
+
+
+def close_session(
+    session: Session, outcomes: Counter[str], interrupted: bool, status: int | None = None
+) -> None:
+    """Close ``scores.csv`` and record this run (counts, exit status) in ``run.json``."""
+    session.writer.close()
+    session.record["runs"].append(
+        {
+            "started": session.started,
+            "finished": now(),
+            "interrupted": interrupted,
+            "counts": dict(sorted(outcomes.items())),
+            "exit_status": status,
+        }
+    )
+    save_run(session.out, session.record)
+
+
+# ---------------------------------------------------------------------- reading (threads)
+def inspect(item: Item, max_bytes: int) -> Inspected:
+    """Type, kind, size and readability checks and the sha256 (the file is read once here)."""
+    if item.problem:
+        return Inspected(item, "", item.problem, "")
+    suffix = item.path.suffix
+    if suffix.lower() not in IMAGE_SUFFIXES:
+        return Inspected(item, "", _unsupported(suffix), "")
+    try:
+        info = os.stat(item.path)
+        if not stat.S_ISREG(info.st_mode):
+            return Inspected(item, "", f"not a regular file ({file_kind(info.st_mode)})", "")
+        if info.st_size > max_bytes:
+            return Inspected(item, "", _too_large(info.st_size, max_bytes), "")
+        digest = hashlib.sha256()
+        with open(item.path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        return Inspected(item, "", f"cannot be read ({exc.strerror or exc})", "")
+    real = os.path.realpath(item.path)
+    return Inspected(item, digest.hexdigest(), "", os.path.relpath(real, LIBRARY_ROOT))
+
+
+def _unsupported(suffix: str) -> str:
+    return (
+        f"unsupported file type {suffix or '(no suffix)'!r} (brainad scores the study's formats: "
+        f"{', '.join(IMAGE_SUFFIXES)}); convert it to PNG to score it"
+    )
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"file is {size} bytes, more than any image within the model's max_pixels can be "
+        f"({max_bytes} bytes); downscale it to score it"
+    )
+
+
+def decode_chunk(
+    engine: Engine, session: Session, items: Sequence[Item], skip_known: bool = True
+) -> Batch:
+    """Inspect ``items`` and decode those not yet known (runs in a decoding thread)."""
+    files = [inspect(item, session.max_bytes) for item in items]
+    rows, keys = [], set()
+    for f in files:
+        known = (f.item.shown, f.sha256) in session.previous.pairs or (
+            f.sha256 in session.previous.first_path
+        )
+        if f.problem or f.key in keys or (skip_known and known):
+            continue
+        keys.add(f.key)
+        rows.append(_library_row(f))
+    outputs = [engine.prepare(LIBRARY_ROOT, rows)] if rows else []
+    return Batch(files, outputs)
+
+
+def _library_row(f: Inspected) -> dict:
+    return {
+        "path": f.key,
+        "label": "healthy",
+        "class_name": "",
+        "folder": "",
+        "sha256": f.sha256,
+        "mask_path": "",
+    }
+
+
+def merge(batches: Sequence[Batch]) -> Batch:
+    """The chunks of one batch, in order."""
+    return Batch([f for b in batches for f in b.files], [o for b in batches for o in b.outputs])
+
+
+# ------------------------------------------------------------------------ scoring (main)
+def _index(outputs: Sequence[PreprocessOutput]) -> tuple[dict, dict]:
+    accepted, reasons = {}, {}
+    for o, output in enumerate(outputs):
+        for i, key in enumerate(output.arrays.paths.tolist()):
+            accepted[key] = (o, i)
+        reasons.update({q.path: _reword(q.reason) for q in output.quarantined})
+    return accepted, reasons
+
+
+def _reword(reason: str) -> str:
+    """Library reasons that give advice ``brainad score`` users cannot follow, reworded."""
+    if reason.startswith("changed since manifest"):
+        return "changed while being scored; run the command again with --resume"
+    for library, cli in _REWORDED.items():
+        reason = reason.replace(library, cli)
+    return reason
+
+
+def _classify(session: Session, f: Inspected, accepted: dict, reasons: dict) -> dict | None:
+    """The row of one file (``None``: already recorded), with ``_outcome`` and ``_slot``."""
+    row: dict[str, Any] = {"path": f.item.shown, "target": shown(f.item.target or "")}
+    row["sha256"] = f.sha256
+    if f.problem:
+        return _quarantine(session, row, f.problem)
+    previous = session.previous
+    if (f.item.shown, f.sha256) in previous.pairs:
+        return {"_outcome": previous.first_path[f.sha256][1], "_skip": True}
+    first = previous.first_path.get(f.sha256) or session.seen.get(f.sha256)
+    if first is not None:
+        path, status = first
+        row.update(status="duplicate", duplicate_of=path, reason=f"same bytes as {path}")
+        return {**row, "_outcome": "scored" if status == "scored" else "quarantined"}
+    if f.key in accepted:
+        session.seen[f.sha256] = (f.item.shown, "scored")
+        slot = {"_slot": accepted[f.key], "_open": f.item.path}
+        return {**row, "status": "scored", "_outcome": "scored", **slot}
+    session.seen[f.sha256] = (f.item.shown, "quarantined")
+    return _quarantine(session, row, reasons.get(f.key, "not decoded"))
+
+
+def _quarantine(session: Session, row: dict, reason: str) -> dict:
+    session.logged += 1
+    if session.logged <= LOGGED_QUARANTINES:
+        log.warning("%s: quarantined: %s", row["path"], reason)
+    elif session.logged == LOGGED_QUARANTINES + 1:
+        log.warning("more quarantined files: every one is listed with its reason in scores.csv")
+    return {**row, "status": "quarantined", "reason": reason, "_outcome": "quarantined"}
+
+
+def _stack(outputs: Sequence[PreprocessOutput], slots: list[tuple[int, int]], name: str):
+    return np.stack([getattr(outputs[o].arrays, name)[i] for o, i in slots])
+
+
+def finish(
+    engine: Engine, session: Session, batch: Batch, progress: Progress, task: TaskID
+) -> Counter[str]:
+    """Score a decoded batch, append its rows, draw its maps; returns the outcomes."""
+    accepted, reasons = _index(batch.outputs)
+    rows = [_classify(session, f, accepted, reasons) for f in batch.files]
+    pending = [r for r in rows if "_slot" in r]
+    outcomes = Counter(r["_outcome"] for r in rows)
+    outcomes["already recorded"] = sum("_skip" in r for r in rows)
+    if pending:
+        outcomes["flagged"] = _score_rows(engine, session, batch.outputs, pending)
+    written = [r for r in rows if "_skip" not in r]
+    outcomes.update(f"row {r['status']}" for r in written)
+    session.writer.write(written)
+    progress.advance(task, len(batch.files))
+    return outcomes
+
+
+def _score_rows(engine: Engine, session: Session, outputs: list, rows: list[dict]) -> int:
+    slots = [r["_slot"] for r in rows]
+    images = _stack(outputs, slots, "images")
+    maps_all = session.options.maps.kind == "all"
+    scored = engine.score(images, _stack(outputs, slots, "brain_masks"), maps_all)
+    fallback = _stack(outputs, slots, "fallback")
+    for i, row in enumerate(rows):
+        row.update(
+            score=float(scored.score[i]),
+            threshold=session.threshold,
+            prediction=int(scored.prediction[i]),
+            fallback=bool(fallback[i]),
+        )
+        row.update({f"component_{k}": float(v[i]) for k, v in scored.components.items()})
+        if maps_all:
+            name = map_name(row["sha256"], row["path"])
+            _draw(session.out / MAPS_NAME / name, row, images[i], scored.maps[i])
+        elif session.top is not None:
+            session.top.push(row["score"], _public(row))
+    return int(scored.prediction.sum())
+
+
+def _public(row: dict) -> dict:
+    """The row's columns plus the path to open it again (``_open``)."""
+    return {k: v for k, v in row.items() if not k.startswith("_") or k == "_open"}
+
+
+def _draw(path: Path, row: dict, image: np.ndarray, residual: np.ndarray) -> None:
+    heading = title(row["path"], row["score"], row["threshold"], row["prediction"])
+    save_png(path, render(image.squeeze(), residual.squeeze(), heading))
+
+
+# ------------------------------------------------------------------------------- top-K maps
+def _previous_top(session: Session) -> None:
+    """Offer the scored rows of earlier runs (``--resume``) to the top-K selection."""
+    if session.top is None or not session.previous.rows:
+        return
+    for number, row in enumerate(iter_scored(session.out / CSV_NAME)):
+        if number >= session.previous.rows:
+            break
+        session.top.push(float(row["score"]), {**row, "_open": Path(row["target"] or row["path"])})
+
+
+def write_top_maps(engine: Engine, session: Session) -> None:
+    """``--maps top-K``: re-decode the K most anomalous scans of ``scores.csv`` (this run's and,
+    with ``--resume``, earlier ones), score them with maps, replace ``heatmaps/`` with them."""
+    if session.top is None:
+        return
+    _previous_top(session)
+    ranked = session.top.ranked()
+    staged = session.out / f".{MAPS_NAME}.new.tmp"
+    if staged.exists():
+        swap_folder(staged, staged)  # remove a killed run's staging folder
+    staged.mkdir()
+    items = [Item(r["path"], Path(r["_open"]), "") for r in ranked]
+    batch = decode_chunk(engine, session, items, skip_known=False)
+    accepted, _ = _index(batch.outputs)
+    drawn = []
+    for rank, (row, f) in enumerate(zip(ranked, batch.files, strict=True), start=1):
+        if f.sha256 != row["sha256"] or f.key not in accepted:
+            log.warning("no heat map for %s: it changed or cannot be read again", row["path"])
+            continue
+        drawn.append((rank, row, accepted[f.key]))
+    if drawn:
+        slots = [slot for _, _, slot in drawn]
+        images = _stack(batch.outputs, slots, "images")
+        scored = engine.score(images, _stack(batch.outputs, slots, "brain_masks"), True)
+        for i, (rank, row, _) in enumerate(drawn):
+            fields = {**row, "score": float(scored.score[i]), "threshold": session.threshold}
+            fields["prediction"] = int(scored.prediction[i])
+            path = staged / map_name(row["sha256"], row["path"], rank)
+            _draw(path, fields, images[i], scored.maps[i])
+    swap_folder(staged, session.out / MAPS_NAME)
+    log.info("heat maps of the %d most anomalous scans → %s", len(drawn), session.out / MAPS_NAME)

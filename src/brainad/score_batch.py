@@ -10,10 +10,8 @@ scored twice) → decoded and preprocessed, or quarantined with the decoder's re
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import stat
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -23,9 +21,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from brainad.data.imageio import IMAGE_SUFFIXES
 from brainad.score_checks import ScoreError
-from brainad.score_inputs import Item, file_kind, shown
+from brainad.score_inputs import LIBRARY_ROOT, Inspected, Item, inspect_file, shown
 from brainad.score_maps import MapsMode, TopK, map_name, render, save_png, swap_folder, title
 from brainad.score_results import (
     CSV_NAME,
@@ -53,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("brainad")
 
-LIBRARY_ROOT = Path("/")  # rows name each file's real path relative to the filesystem root
 BYTES_PER_PIXEL = 8  # 16-bit RGBA, uncompressed: no image within max_pixels is larger
 HEADER_SLACK = 1 << 20
 LOGGED_QUARANTINES = 20
@@ -89,20 +85,13 @@ class Session:
     logged: int = 0
 
 
-class Inspected(NamedTuple):
-    """A file after the checks that need no decoding (``key``: its row path for the library)."""
-
-    item: Item
-    sha256: str
-    problem: str
-    key: str
-
-
 class Batch(NamedTuple):
-    """Inspected files (input order) and the library's output for those that were decoded."""
+    """Inspected files (input order), the library's output for those that were decoded, and
+    ``failed``: key → reason for files on which the decoder itself raised."""
 
     files: list[Inspected]
     outputs: list[PreprocessOutput]
+    failed: dict[str, str]
 
 
 # ---------------------------------------------------------------------------------- session
@@ -170,48 +159,11 @@ def close_session(
 
 
 # ---------------------------------------------------------------------- reading (threads)
-def inspect(item: Item, max_bytes: int) -> Inspected:
-    """Type, kind, size and readability checks and the sha256 (the file is read once here)."""
-    if item.problem:
-        return Inspected(item, "", item.problem, "")
-    suffix = item.path.suffix
-    if suffix.lower() not in IMAGE_SUFFIXES:
-        return Inspected(item, "", _unsupported(suffix), "")
-    try:
-        info = os.stat(item.path)
-        if not stat.S_ISREG(info.st_mode):
-            return Inspected(item, "", f"not a regular file ({file_kind(info.st_mode)})", "")
-        if info.st_size > max_bytes:
-            return Inspected(item, "", _too_large(info.st_size, max_bytes), "")
-        digest = hashlib.sha256()
-        with open(item.path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    except OSError as exc:
-        return Inspected(item, "", f"cannot be read ({exc.strerror or exc})", "")
-    real = os.path.realpath(item.path)
-    return Inspected(item, digest.hexdigest(), "", os.path.relpath(real, LIBRARY_ROOT))
-
-
-def _unsupported(suffix: str) -> str:
-    return (
-        f"unsupported file type {suffix or '(no suffix)'!r} (brainad scores the study's formats: "
-        f"{', '.join(IMAGE_SUFFIXES)}); convert it to PNG to score it"
-    )
-
-
-def _too_large(size: int, max_bytes: int) -> str:
-    return (
-        f"file is {size} bytes, more than any image within the model's max_pixels can be "
-        f"({max_bytes} bytes); downscale it to score it"
-    )
-
-
 def decode_chunk(
     engine: Engine, session: Session, items: Sequence[Item], skip_known: bool = True
 ) -> Batch:
     """Inspect ``items`` and decode those not yet known (runs in a decoding thread)."""
-    files = [inspect(item, session.max_bytes) for item in items]
+    files = [inspect_file(item, session.max_bytes) for item in items]
     rows, keys = [], set()
     for f in files:
         known = (f.item.shown, f.sha256) in session.previous.pairs or (
@@ -221,8 +173,27 @@ def decode_chunk(
             continue
         keys.add(f.key)
         rows.append(_library_row(f))
-    outputs = [engine.prepare(LIBRARY_ROOT, rows)] if rows else []
-    return Batch(files, outputs)
+    outputs, failed = _prepare(engine, rows)
+    return Batch(files, outputs, failed)
+
+
+def _prepare(engine: Engine, rows: list[dict]) -> tuple[list[PreprocessOutput], dict[str, str]]:
+    """Decode ``rows`` in one call; if the decoder raises (a bug, or memory exhausted by one
+    file), decode them one by one so only the file that raises is quarantined."""
+    if not rows:
+        return [], {}
+    try:
+        return [engine.prepare(LIBRARY_ROOT, rows)], {}
+    except Exception:
+        log.debug("decoding a chunk raised; decoding its files one by one", exc_info=True)
+    outputs, failed = [], {}
+    for row in rows:
+        try:
+            outputs.append(engine.prepare(LIBRARY_ROOT, [row]))
+        except Exception as exc:
+            detail = str(exc).splitlines()[0][:200] if str(exc) else "no detail"
+            failed[row["path"]] = f"the decoder failed ({type(exc).__name__}: {detail})"
+    return outputs, failed
 
 
 def _library_row(f: Inspected) -> dict:
@@ -238,13 +209,16 @@ def _library_row(f: Inspected) -> dict:
 
 def merge(batches: Sequence[Batch]) -> Batch:
     """The chunks of one batch, in order."""
-    return Batch([f for b in batches for f in b.files], [o for b in batches for o in b.outputs])
+    files = [f for b in batches for f in b.files]
+    failed = {k: v for b in batches for k, v in b.failed.items()}
+    return Batch(files, [o for b in batches for o in b.outputs], failed)
 
 
 # ------------------------------------------------------------------------ scoring (main)
-def _index(outputs: Sequence[PreprocessOutput]) -> tuple[dict, dict]:
-    accepted, reasons = {}, {}
-    for o, output in enumerate(outputs):
+def _index(batch: Batch) -> tuple[dict, dict]:
+    """Where each decoded key is (output, index), and the reason of each rejected key."""
+    accepted, reasons = {}, dict(batch.failed)
+    for o, output in enumerate(batch.outputs):
         for i, key in enumerate(output.arrays.paths.tolist()):
             accepted[key] = (o, i)
         reasons.update({q.path: _reword(q.reason) for q in output.quarantined})
@@ -291,7 +265,9 @@ def _quarantine(session: Session, row: dict, reason: str) -> dict:
     return {**row, "status": "quarantined", "reason": reason, "_outcome": "quarantined"}
 
 
-def _stack(outputs: Sequence[PreprocessOutput], slots: list[tuple[int, int]], name: str):
+def _stack(
+    outputs: Sequence[PreprocessOutput], slots: list[tuple[int, int]], name: str
+) -> np.ndarray:
     return np.stack([getattr(outputs[o].arrays, name)[i] for o, i in slots])
 
 
@@ -299,7 +275,7 @@ def finish(
     engine: Engine, session: Session, batch: Batch, progress: Progress, task: TaskID
 ) -> Counter[str]:
     """Score a decoded batch, append its rows, draw its maps; returns the outcomes."""
-    accepted, reasons = _index(batch.outputs)
+    accepted, reasons = _index(batch)
     rows = [_classify(session, f, accepted, reasons) for f in batch.files]
     pending = [r for r in rows if "_slot" in r]
     outcomes = Counter(r["_outcome"] for r in rows)
@@ -350,9 +326,7 @@ def _previous_top(session: Session) -> None:
     """Offer the scored rows of earlier runs (``--resume``) to the top-K selection."""
     if session.top is None or not session.previous.rows:
         return
-    for number, row in enumerate(iter_scored(session.out / CSV_NAME)):
-        if number >= session.previous.rows:
-            break
+    for row in iter_scored(session.out / CSV_NAME, limit=session.previous.rows):
         session.top.push(float(row["score"]), {**row, "_open": Path(row["target"] or row["path"])})
 
 
@@ -365,11 +339,11 @@ def write_top_maps(engine: Engine, session: Session) -> None:
     ranked = session.top.ranked()
     staged = session.out / f".{MAPS_NAME}.new.tmp"
     if staged.exists():
-        swap_folder(staged, staged)  # remove a killed run's staging folder
+        shutil.rmtree(staged)  # a killed run's staging folder
     staged.mkdir()
     items = [Item(r["path"], Path(r["_open"]), "") for r in ranked]
     batch = decode_chunk(engine, session, items, skip_known=False)
-    accepted, _ = _index(batch.outputs)
+    accepted, _ = _index(batch)
     drawn = []
     for rank, (row, f) in enumerate(zip(ranked, batch.files, strict=True), start=1):
         if f.sha256 != row["sha256"] or f.key not in accepted:

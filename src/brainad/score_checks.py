@@ -41,7 +41,7 @@ def parse_device(text: str) -> Any:
         device = torch.device(text)
     except (RuntimeError, ValueError):
         raise ScoreError(
-            f"--device {text!r}: not a device name; use auto, cpu, cuda, cuda:N or mps"
+            f"--device {text}: not a device name; use auto, cpu, cuda, cuda:N or mps"
         ) from None
     if device.type == "cuda":
         _check_cuda(text, device)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from rich.console import RenderableType
+from rich.live import Live
 from rich.progress import Progress, ProgressColumn, Task
 from rich.text import Text
 
@@ -146,10 +148,10 @@ def score_all(engine: Engine, items: Sequence[Item], session: Session) -> Counte
     """Score ``items`` batch by batch, writing rows as they complete; returns the outcomes."""
     outcomes: Counter[str] = Counter()
     decoder = _Decoder(engine, session, session.options.workers)
-    try:
-        with _progress_bar() as progress:
-            task = progress.add_task("scoring", total=len(items))
-            pending: Callable[[], Batch] | None = None
+    with _progress_bar() as progress:
+        task = progress.add_task("scoring", total=len(items))
+        pending: Callable[[], Batch] | None = None
+        try:
             for batch in _batches(items, session.options.batch_size):
                 upcoming = decoder.submit(batch)
                 if pending is not None:
@@ -157,8 +159,8 @@ def score_all(engine: Engine, items: Sequence[Item], session: Session) -> Counte
                 pending = upcoming
             if pending is not None:
                 outcomes += score_batch.finish(engine, session, pending(), progress, task)
-    finally:
-        decoder.close()
+        finally:  # the decoding threads stop before the bar does
+            decoder.close()
     return outcomes
 
 
@@ -213,8 +215,19 @@ def _progress_bar() -> Iterator[Progress]:
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console()) as progress:
+    progress = Progress(*columns, console=console())
+    progress.live = _OwnLive(console=console(), get_renderable=progress.get_renderable)
+    with progress:
         yield progress
+
+
+class _OwnLive(Live):
+    """A live display that shows only its own bar: the library's per-chunk "preprocessing" bars
+    (started in the decoding threads) would otherwise be drawn nested under it."""
+
+    @property
+    def renderable(self) -> RenderableType:
+        return self.get_renderable()
 
 
 class _LibraryQuarantines(logging.Filter):
@@ -289,6 +302,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------- the parser
+def default_workers() -> int:
+    """Usable cores minus one (the model's PyTorch threads need one), between 1 and 4: on 2 cores
+    one decoding thread beside the model was fastest (benchmarks/README.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 2) - 1))
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -347,9 +367,9 @@ def add_score_parser(sub: Any, parents: Sequence[argparse.ArgumentParser]) -> No
     score.add_argument(
         "--workers",
         type=_non_negative,
-        default=min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2),
-        help="threads reading and decoding files ahead of the model (0: none; default: cores, "
-        "at most 4)",
+        default=default_workers(),
+        help="threads reading and decoding files while the model scores the previous batch "
+        "(0: none, decode then score; default: one per core beside the model's, 1 to 4)",
     )
     score.add_argument(
         "--batch-size", type=_positive, default=128, help="files per batch (default 128)"

@@ -19,6 +19,7 @@ Rules (README, "Scoring new scans"):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ from brainad.data.imageio import IMAGE_SUFFIXES
 log = logging.getLogger("brainad")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+LIBRARY_ROOT = Path("/")  # library rows name each file by its real path relative to this root
 MACOS_METADATA = "__MACOSX"
 
 
@@ -236,3 +238,50 @@ def collect(inputs: Sequence[str], exclude: Sequence[Path] = ()) -> Collected:
         if len(walker.items) == before:
             empty.append(shown(raw))
     return Collected(walker.items, walker.skipped, empty, walker.repeated)
+
+
+# ------------------------------------------------------------------- per-file checks
+class Inspected(NamedTuple):
+    """A file after the checks that need no decoding (``key``: its row path for the library)."""
+
+    item: Item
+    sha256: str
+    problem: str
+    key: str
+
+
+def inspect_file(item: Item, max_bytes: int) -> Inspected:
+    """Type, kind, size and readability checks and the sha256 (the file is read once here)."""
+    if item.problem:
+        return Inspected(item, "", item.problem, "")
+    suffix = item.path.suffix
+    if suffix.lower() not in IMAGE_SUFFIXES:
+        return Inspected(item, "", _unsupported(suffix), "")
+    try:
+        info = os.stat(item.path)
+        if not stat.S_ISREG(info.st_mode):
+            return Inspected(item, "", f"not a regular file ({file_kind(info.st_mode)})", "")
+        if info.st_size > max_bytes:
+            return Inspected(item, "", _too_large(info.st_size, max_bytes), "")
+        digest = hashlib.sha256()
+        with open(item.path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        return Inspected(item, "", f"cannot be read ({exc.strerror or exc})", "")
+    real = os.path.realpath(item.path)
+    return Inspected(item, digest.hexdigest(), "", os.path.relpath(real, LIBRARY_ROOT))
+
+
+def _unsupported(suffix: str) -> str:
+    return (
+        f"unsupported file type {suffix or '(no suffix)'!r} (brainad scores the study's formats: "
+        f"{', '.join(IMAGE_SUFFIXES)}); convert it to PNG to score it"
+    )
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"file is {size} bytes, more than any image within the model's max_pixels can be "
+        f"({max_bytes} bytes); downscale it to score it"
+    )

@@ -278,9 +278,11 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def iter_scored(path: Path) -> Iterator[dict[str, str]]:
-    """Rows of ``scores.csv`` with status ``scored`` (streamed)."""
+def iter_scored(path: Path, limit: int) -> Iterator[dict[str, str]]:
+    """Rows with status ``scored`` among the first ``limit`` rows of ``scores.csv`` (streamed)."""
     with open(path, encoding="utf-8", newline="") as handle:
-        for row in csv.DictReader(handle):
+        for number, row in enumerate(csv.DictReader(handle)):
+            if number >= limit:
+                return
             if row.get("status") == "scored":
                 yield row

@@ -11,6 +11,8 @@ What is measured (``benchmarks/README.md`` explains every number):
   matmul of the same precision measured in the same run;
 * scoring throughput and peak memory of the evaluate path (``make_scorer`` + ``score_images``) and
   of the ``brainad score`` command (in this process, on a folder of JPEG files);
+* archive-scale ``brainad score`` (:mod:`benchmarks.archive`): images/s and peak RSS of the
+  command on 2,000 and 20,000 synthetic slices (RSS must not grow with the number of files);
 * the wall time of a no-op ``dvc repro evaluate@demo`` (only when ``dvc status`` says it is up to
   date).
 
@@ -44,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks import archive
 from brainad.config import FitConfig, ScoreConfig, StudyConfig, load_study
 from brainad.scoring import Calibration, active_components
 from brainad.training import Precision, choose_precision
@@ -79,6 +82,8 @@ class Sizes(NamedTuple):
         cli_files: JPEG files scored on the ``brainad score`` path.
         source_size: side of those JPEG files (before preprocessing).
         dvc_reps: timed no-op ``dvc repro`` runs.
+        archive_files: archive sizes (files) of the archive-scale ``brainad score`` row.
+        archive_image_size: model input side of that row (the demo study's VQGAN+D).
     """
 
     image_size: int | None
@@ -91,10 +96,12 @@ class Sizes(NamedTuple):
     cli_files: int
     source_size: int
     dvc_reps: int
+    archive_files: tuple[int, int]
+    archive_image_size: int
 
 
-FULL = Sizes(None, None, 2, 8, 2048, 5, 512, 256, 256, 3)
-QUICK = Sizes(32, 4, 1, 2, 256, 2, 8, 4, 48, 1)
+FULL = Sizes(None, None, 2, 8, 2048, 5, 512, 256, 256, 3, (2_000, 20_000), 32)
+QUICK = Sizes(32, 4, 1, 2, 256, 2, 8, 4, 48, 1, (16, 48), 32)
 
 
 class Phantoms(NamedTuple):
@@ -721,6 +728,11 @@ def markdown(results: dict[str, Any]) -> str:
     for path, entry in results["scoring"].items():
         memory = _fmt(entry["rss_peak_increase_mb"])
         lines.append(f"| scoring peak RSS increase, {path} path (MB) | {memory} | — | — |")
+        for run_entry in entry.get("runs", []):  # the archive row: one line per archive size
+            lines.append(
+                f"| archive of {run_entry['files']} files: images/s, peak RSS (MB) "
+                f"| {_fmt(run_entry['images_per_s'])}, {_fmt(run_entry['rss_peak_mb'])} | — | — |"
+            )
         if "agreement_with_fp32" in entry:
             a = entry["agreement_with_fp32"]
             lines.append(
@@ -743,6 +755,9 @@ def run(quick: bool, study: str, params: Path, skip_dvc: bool) -> dict[str, Any]
     machine = machine_info()
     matmuls, training = bench_all_training(config, sizes, image_size, machine["cpu_bf16_supported"])
     scoring = bench_scoring(config, sizes, image_size, select_device())
+    scoring["archive"] = archive.bench_demo_archive(
+        params, sizes.archive_files, sizes.archive_image_size, select_device()
+    )
     skipped = {"target": DVC_TARGET, "seconds": None, "seconds_all": [], "reason": "--skip-dvc"}
     dvc = skipped if skip_dvc else bench_dvc_noop(REPO, sizes.dvc_reps)
     results = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 from collections import Counter
@@ -139,6 +140,23 @@ class _Decoder:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+class _HeapTrimmer:
+    """Hands freed heap back to the OS after every batch (glibc ``malloc_trim``; a no-op where
+    there is no glibc). Without it the model's large temporary buffers fragment glibc's heap
+    and the resident memory of a long run creeps up (~10 MB per 128 files with the demo VQGAN),
+    so memory would grow with the number of files."""
+
+    def __init__(self) -> None:
+        try:
+            self._trim: Callable[[int], int] | None = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            self._trim = None
+
+    def __call__(self) -> None:
+        if self._trim is not None:
+            self._trim(0)
+
+
 def _batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
@@ -147,7 +165,7 @@ def _batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
 def score_all(engine: Engine, items: Sequence[Item], session: Session) -> Counter[str]:
     """Score ``items`` batch by batch, writing rows as they complete; returns the outcomes."""
     outcomes: Counter[str] = Counter()
-    decoder = _Decoder(engine, session, session.options.workers)
+    decoder, trim = _Decoder(engine, session, session.options.workers), _HeapTrimmer()
     with _progress_bar() as progress:
         task = progress.add_task("scoring", total=len(items))
         pending: Callable[[], Batch] | None = None
@@ -156,6 +174,7 @@ def score_all(engine: Engine, items: Sequence[Item], session: Session) -> Counte
                 upcoming = decoder.submit(batch)
                 if pending is not None:
                     outcomes += score_batch.finish(engine, session, pending(), progress, task)
+                    trim()
                 pending = upcoming
             if pending is not None:
                 outcomes += score_batch.finish(engine, session, pending(), progress, task)

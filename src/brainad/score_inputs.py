@@ -263,14 +263,23 @@ def inspect_file(item: Item, max_bytes: int) -> Inspected:
             return Inspected(item, "", f"not a regular file ({file_kind(info.st_mode)})", "")
         if info.st_size > max_bytes:
             return Inspected(item, "", _too_large(info.st_size, max_bytes), "")
-        digest = hashlib.sha256()
-        with open(item.path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+        digest = _sha256(item.path)
     except OSError as exc:
         return Inspected(item, "", f"cannot be read ({exc.strerror or exc})", "")
     real = os.path.realpath(item.path)
-    return Inspected(item, digest.hexdigest(), "", os.path.relpath(real, LIBRARY_ROOT))
+    return Inspected(item, digest, "", os.path.relpath(real, LIBRARY_ROOT))
+
+
+def _sha256(path: Path) -> str:
+    """Hex sha256 of a file read into one small reused buffer (``read(1 MiB)`` per file would
+    allocate and shrink a 1 MiB block each time, which fragments the heap over an archive)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(1 << 16)
+    view = memoryview(buffer)
+    with open(path, "rb") as handle:
+        while size := handle.readinto(buffer):
+            digest.update(view[:size])
+    return digest.hexdigest()
 
 
 def _unsupported(suffix: str) -> str:

@@ -242,12 +242,13 @@ def _classify(session: Session, f: Inspected, accepted: dict, reasons: dict) -> 
         return _quarantine(session, row, f.problem)
     previous = session.previous
     if (f.item.shown, f.sha256) in previous.pairs:
-        return {"_outcome": previous.first_path[f.sha256][1], "_skip": True}
+        status = previous.first_path[f.sha256][1]
+        return {"_outcome": "quarantined" if status == "quarantined" else "scored", "_skip": True}
     first = previous.first_path.get(f.sha256) or session.seen.get(f.sha256)
     if first is not None:
         path, status = first
         row.update(status="duplicate", duplicate_of=path, reason=f"same bytes as {path}")
-        return {**row, "_outcome": "scored" if status == "scored" else "quarantined"}
+        return {**row, "_outcome": "quarantined" if status == "quarantined" else "scored"}
     if f.key in accepted:
         session.seen[f.sha256] = (f.item.shown, "scored")
         slot = {"_slot": accepted[f.key], "_open": f.item.path}

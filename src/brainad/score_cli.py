@@ -311,6 +311,9 @@ def cmd_score(args: argparse.Namespace) -> int:
             args.out / CSV_NAME,
         )
         return EXIT_INTERRUPTED
+    except Exception:  # record the incomplete run, then report the error (cli.main)
+        score_batch.close_session(session, Counter(), interrupted=True)
+        raise
     finally:
         log.removeFilter(quiet)
     status = exit_status(outcomes)

@@ -43,7 +43,7 @@ def _check_case(case: Case, row: dict[str, str] | None, log_text: str) -> None:
     assert row["status"] == case.outcome, (case, row)
     for word in case.reason.lower().split():
         assert word in row["reason"].lower(), (case, row["reason"])
-    if case.outcome == "scored":
+    if case.outcome in ("scored", "duplicate"):  # a duplicate copies its original's score
         assert float(row["score"]) > 0 and row["prediction"] in ("0", "1"), row
     else:
         assert row["score"] == "", row
@@ -70,7 +70,9 @@ def test_every_corpus_case_gets_its_outcome(
     for case in cases:
         _check_case(case, by_name.get(case.name), caplog.text)
     assert "raise preprocess.max_pixels" not in by_name["bomb.png"]["reason"]
-    assert by_name["valid_00_copy.png"]["duplicate_of"] == f"{prefix}valid_00.png"
+    copy, original = by_name["valid_00_copy.png"], by_name["valid_00.png"]
+    assert copy["duplicate_of"] == f"{prefix}valid_00.png"
+    assert (copy["score"], copy["prediction"]) == (original["score"], original["prediction"])
     assert not PICKLE_MARKER.exists()
     scored = [r for r in rows.values() if r["status"] == "scored"]
     assert len(list((out / "heatmaps").glob("*.png"))) == len(scored)

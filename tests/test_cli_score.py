@@ -269,10 +269,12 @@ def test_exit_status_says_what_happened(bundle: Path, tmp_path: Path, caplog) ->
 
 
 # ----------------------------------------------------------------------- item 6: bad models
-def _garbage_pickle(bundle: Path, path: Path) -> Path:
+def _garbage_pickle(bundle: Path, path: Path, seed: int) -> Path:
+    """The bundle with random bytes instead of its pickle (``seed`` varies the failure)."""
+    garbage = np.random.default_rng(seed).bytes(64)
     with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(path, "w") as dst:
         for name in src.namelist():
-            dst.writestr(name, os.urandom(64) if name.endswith("data.pkl") else src.read(name))
+            dst.writestr(name, garbage if name.endswith("data.pkl") else src.read(name))
     return path
 
 
@@ -297,7 +299,10 @@ def _models(bundle: Path, folder: Path) -> dict[str, tuple[Path, list[str]]]:
         "random": (folder / "random.pt", corrupt),
         "empty": (folder / "empty.pt", ["empty file"]),
         "truncated": (folder / "truncated.pt", corrupt),
-        "garbage": (_garbage_pickle(bundle, folder / "garbage.pt"), ["corrupt"]),
+        **{
+            f"garbage{seed}": (_garbage_pickle(bundle, folder / f"g{seed}.pt", seed), ["corrupt"])
+            for seed in range(6)
+        },
         "evil": (folder / "evil.pt", ["would execute code", "GLOBAL", "do not use this file"]),
         "training": (folder / "training.pt", ["not a scorer bundle"]),
         "missing": (folder / "missing.pt", ["no such file"]),
@@ -398,7 +403,33 @@ def test_a_path_named_twice_is_scored_once_and_a_copy_is_a_duplicate_row(
     assert "2 paths were named more than once" in caplog.text
     copy = table[-1]
     assert copy["status"] == "duplicate" and copy["duplicate_of"] == str(scans[1])
-    assert copy["sha256"] == table[1]["sha256"] and copy["score"] == ""
+    assert copy["sha256"] == table[1]["sha256"]
+    fields = ("score", "threshold", "prediction", "fallback", "component_residual")
+    assert [copy[f] for f in fields] == [table[1][f] for f in fields]  # its original's score
+
+
+def test_duplicates_in_one_batch_across_batches_and_across_resume_copy_the_score(
+    bundle: Path, tmp_path: Path
+) -> None:
+    scans = write_scans(tmp_path / "scans", 3)
+    for name in ("scan_000_copy.png", "z_copy.png"):  # same batch as the original / a later one
+        (tmp_path / "scans" / name).write_bytes(scans[0].read_bytes())
+    bad = tmp_path / "scans" / "b_bad.png"
+    bad.write_text("not an image")
+    (tmp_path / "scans" / "c_bad_copy.png").write_text("not an image")
+    out = tmp_path / "out"
+    assert score(bundle, tmp_path / "scans", out=out, extra=("--batch-size", "4")) == 1
+    table = {Path(r["path"]).name: r for r in rows(out)}
+    for name in ("scan_000_copy.png", "z_copy.png"):
+        assert table[name]["status"] == "duplicate"
+        assert table[name]["score"] == table["scan_000.png"]["score"] != ""
+    assert "quarantined: not a readable image" in table["c_bad_copy.png"]["reason"]
+    late = tmp_path / "scans" / "zz_after_resume.png"
+    late.write_bytes(scans[1].read_bytes())
+    assert score(bundle, tmp_path / "scans", out=out, extra=("--resume",)) == 1
+    last = rows(out)[-1]
+    assert (last["path"], last["status"]) == (str(late), "duplicate")
+    assert last["score"] == table["scan_001.png"]["score"]
 
 
 # -------------------------------------------------------------- same scores as evaluation
@@ -666,3 +697,81 @@ def test_a_decoder_crash_on_one_file_quarantines_only_that_file(
     ]
     reason = table[str(scans[2])]["reason"]
     assert reason == "the decoder failed (MemoryError: cannot allocate 7 GiB)"
+
+
+# ------------------------------------------------------------------ probed beyond the issue
+@posix_only
+def test_a_file_symlink_into_out_is_never_scored(bundle: Path, tmp_path: Path, caplog) -> None:
+    write_scans(tmp_path / "scans", 2)
+    out = tmp_path / "out"
+    assert score(bundle, tmp_path / "scans", out=out, extra=("--maps", "all")) == 0
+    own_map = next((out / "heatmaps").glob("*.png"))
+    os.symlink(own_map, tmp_path / "scans" / "latest.png")
+    with caplog.at_level(logging.INFO, logger="brainad"):
+        code = score(bundle, tmp_path / "scans", out=out, extra=("--resume", "--maps", "all"))
+    assert code == 0 and len(rows(out)) == 2
+    assert "the --out folder (never scored): 1" in caplog.text
+
+
+@posix_only
+def test_two_runs_never_write_the_same_results_at_once(
+    bundle: Path, tmp_path: Path, caplog, capsys
+) -> None:
+    import fcntl
+
+    write_scans(tmp_path / "scans", 2)
+    out = tmp_path / "out"
+    assert score(bundle, tmp_path / "scans", out=out) == 0
+    before = (out / "scores.csv").read_bytes()
+    with open(out / "scores.csv", "a") as other_run:
+        fcntl.flock(other_run.fileno(), fcntl.LOCK_EX)
+        code = score(bundle, tmp_path / "scans", out=out, extra=("--resume",))
+    assert_refused(code, caplog, capsys, "another brainad score is writing scores.csv")
+    assert (out / "scores.csv").read_bytes() == before
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_finished_batches(
+    bundle: Path, tmp_path: Path, caplog, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from brainad import score_results
+
+    write_scans(tmp_path / "scans", 6)
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:  # the second batch's rows do not fit
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(score_results.os, "fsync", fsync)
+    out = tmp_path / "out"
+    code = score(bundle, tmp_path / "scans", out=out, extra=("--batch-size", "3"))
+    assert_refused(code, caplog, capsys, "No space left on device", "--resume")
+    assert len(rows(out)) >= 3
+    monkeypatch.setattr(score_results.os, "fsync", real_fsync)
+    assert score(bundle, tmp_path / "scans", out=out, extra=("--resume",)) == 0
+    assert sorted({r["path"] for r in rows(out)}) == [
+        str(p) for p in sorted((tmp_path / "scans").glob("*.png"))
+    ]
+
+
+@posix_only
+def test_a_model_that_is_a_device_fifo_or_lfs_pointer_is_named(
+    bundle: Path, tmp_path: Path, caplog, capsys
+) -> None:
+    write_scans(tmp_path / "scans", 1)
+    os.symlink("/dev/zero", tmp_path / "zero.pt")
+    os.mkfifo(tmp_path / "fifo.pt")
+    (tmp_path / "lfs.pt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\n")
+    cases = {
+        "zero.pt": "not a regular file (character device)",
+        "fifo.pt": "not a regular file (fifo)",
+        "lfs.pt": "a Git LFS pointer, not the model; run `git lfs pull`",
+    }
+    for name, words in cases.items():
+        caplog.clear()
+        code = score(tmp_path / name, tmp_path / "scans", out=tmp_path / "out")
+        assert_refused(code, caplog, capsys, words)

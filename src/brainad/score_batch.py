@@ -23,12 +23,14 @@ import numpy as np
 
 from brainad.score_checks import ScoreError
 from brainad.score_inputs import LIBRARY_ROOT, Inspected, Item, inspect_file, shown
-from brainad.score_maps import MapsMode, TopK, map_name, render, save_png, swap_folder, title
+from brainad.score_maps import MapsMode, TopK, draw, map_name, swap_folder
 from brainad.score_results import (
     CSV_NAME,
     MAPS_NAME,
+    Known,
     Previous,
     ResultsWriter,
+    cell,
     check_resumable,
     clear_ours,
     columns,
@@ -40,6 +42,7 @@ from brainad.score_results import (
     read_run,
     run_record,
     save_run,
+    score_fields,
 )
 
 if TYPE_CHECKING:
@@ -80,9 +83,10 @@ class Session:
     threshold: float
     max_bytes: int
     started: str = field(default_factory=now)
-    seen: dict[str, tuple[str, str]] = field(default_factory=dict)
+    seen: dict[str, Known] = field(default_factory=dict)
     top: TopK | None = None
     logged: int = 0
+    fields: list[str] = field(default_factory=list)
 
 
 class Batch(NamedTuple):
@@ -115,14 +119,20 @@ def open_session(
             f"--out {shown(out)}: cannot write there ({exc.strerror or exc}); choose a folder "
             "you can write to"
         ) from None
-    previous, record = empty_previous(), None
-    if args.resume and (out / CSV_NAME).exists():
-        record = read_run(out)
+    resuming = args.resume and (out / CSV_NAME).exists()
+    record = read_run(out) if resuming else None
+    if record is not None:
         check_resumable(record, model, model_sha256, header, str(options.maps))
-        previous = read_previous(out, header)
-        log.info("resuming %s: %d rows already recorded", out / CSV_NAME, previous.rows)
     elif args.resume:
         log.info("--resume: no results in %s yet; starting", out)
+    writer = ResultsWriter(out / CSV_NAME, header)  # locked from here on
+    try:
+        previous = read_previous(out, header) if resuming else empty_previous()
+    except Exception:
+        writer.close()
+        raise
+    if resuming:
+        log.info("resuming %s: %d rows already recorded", out / CSV_NAME, previous.rows)
     if record is None:
         record = run_record(model, model_sha256, engine.bundle.meta, header, str(options.maps))
     save_run(out, record)
@@ -130,7 +140,7 @@ def open_session(
     session = Session(
         out,
         options,
-        ResultsWriter(out / CSV_NAME, header),
+        writer,
         previous,
         record,
         float(engine.bundle.calibration.threshold),
@@ -138,6 +148,7 @@ def open_session(
     )
     if options.maps.kind == "top":
         session.top = TopK(options.maps.k)
+    session.fields = score_fields(header)
     return session
 
 
@@ -242,19 +253,36 @@ def _classify(session: Session, f: Inspected, accepted: dict, reasons: dict) -> 
         return _quarantine(session, row, f.problem)
     previous = session.previous
     if (f.item.shown, f.sha256) in previous.pairs:
-        status = previous.first_path[f.sha256][1]
-        return {"_outcome": "quarantined" if status == "quarantined" else "scored", "_skip": True}
+        known = previous.first_path.get(f.sha256)
+        return {"_outcome": _outcome(known.status if known else "scored"), "_skip": True}
     first = previous.first_path.get(f.sha256) or session.seen.get(f.sha256)
     if first is not None:
-        path, status = first
-        row.update(status="duplicate", duplicate_of=path, reason=f"same bytes as {path}")
-        return {**row, "_outcome": "quarantined" if status == "quarantined" else "scored"}
+        return _duplicate(session, row, first)
     if f.key in accepted:
-        session.seen[f.sha256] = (f.item.shown, "scored")
+        session.seen[f.sha256] = Known(f.item.shown, "scored", None, "")
         slot = {"_slot": accepted[f.key], "_open": f.item.path}
         return {**row, "status": "scored", "_outcome": "scored", **slot}
-    session.seen[f.sha256] = (f.item.shown, "quarantined")
-    return _quarantine(session, row, reasons.get(f.key, "not decoded"))
+    reason = reasons.get(f.key, "not decoded")
+    session.seen[f.sha256] = Known(f.item.shown, "quarantined", (), reason)
+    return _quarantine(session, row, reason)
+
+
+def _outcome(status: str) -> str:
+    return "quarantined" if status == "quarantined" else "scored"
+
+
+def _duplicate(session: Session, row: dict, first: Known) -> dict:
+    """A row for bytes already seen: it names the first path and copies its score (or, for
+    bytes scored in this very batch, copies it once they are scored)."""
+    reason = f"same bytes as {first.path}"
+    if first.status == "quarantined":
+        reason += f" (quarantined: {first.reason})"
+    row.update(status="duplicate", duplicate_of=first.path, reason=reason)
+    if first.cells is None:
+        row["_copy_from"] = row["sha256"]
+    else:
+        row.update(zip(session.fields, first.cells, strict=False))
+    return {**row, "_outcome": _outcome(first.status)}
 
 
 def _quarantine(session: Session, row: dict, reason: str) -> dict:
@@ -283,6 +311,15 @@ def finish(
     outcomes["already recorded"] = sum("_skip" in r for r in rows)
     if pending:
         outcomes["flagged"] = _score_rows(engine, session, batch.outputs, pending)
+    for row in pending:
+        known = session.seen[row["sha256"]]
+        cells = tuple(cell(row.get(c, "")) for c in session.fields)
+        session.seen[row["sha256"]] = known._replace(cells=cells)
+    for row in rows:
+        if "_copy_from" in row:
+            row.update(
+                zip(session.fields, session.seen[row["_copy_from"]].cells or (), strict=False)
+            )
     written = [r for r in rows if "_skip" not in r]
     outcomes.update(f"row {r['status']}" for r in written)
     session.writer.write(written)
@@ -306,7 +343,7 @@ def _score_rows(engine: Engine, session: Session, outputs: list, rows: list[dict
         row.update({f"component_{k}": float(v[i]) for k, v in scored.components.items()})
         if maps_all:
             name = map_name(row["sha256"], row["path"])
-            _draw(session.out / MAPS_NAME / name, row, images[i], scored.maps[i])
+            draw(session.out / MAPS_NAME / name, row, images[i], scored.maps[i])
         elif session.top is not None:
             session.top.push(row["score"], _public(row))
     return int(scored.prediction.sum())
@@ -315,11 +352,6 @@ def _score_rows(engine: Engine, session: Session, outputs: list, rows: list[dict
 def _public(row: dict) -> dict:
     """The row's columns plus the path to open it again (``_open``)."""
     return {k: v for k, v in row.items() if not k.startswith("_") or k == "_open"}
-
-
-def _draw(path: Path, row: dict, image: np.ndarray, residual: np.ndarray) -> None:
-    heading = title(row["path"], row["score"], row["threshold"], row["prediction"])
-    save_png(path, render(image.squeeze(), residual.squeeze(), heading))
 
 
 # ------------------------------------------------------------------------------- top-K maps
@@ -359,6 +391,6 @@ def write_top_maps(engine: Engine, session: Session) -> None:
             fields = {**row, "score": float(scored.score[i]), "threshold": session.threshold}
             fields["prediction"] = int(scored.prediction[i])
             path = staged / map_name(row["sha256"], row["path"], rank)
-            _draw(path, fields, images[i], scored.maps[i])
+            draw(path, fields, images[i], scored.maps[i])
     swap_folder(staged, session.out / MAPS_NAME)
     log.info("heat maps of the %d most anomalous scans → %s", len(drawn), session.out / MAPS_NAME)

@@ -9,15 +9,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from brainad.score_inputs import shown
+from brainad.score_inputs import file_kind, inside, shown
 from brainad.score_results import CSV_NAME, folder_state
 
 BUNDLE_HINT = "pass the scorer bundle the evaluate stage writes (models/<study>/scorers/<model>.pt)"
+MISSING_HINT = "run `dvc pull` or `dvc repro evaluate@<study>` to make it, or check the path"
 
 
 class ScoreError(ValueError):
@@ -92,9 +94,12 @@ def check_model_file(path: Path) -> str:
     """
     where = f"--model {shown(path)}"
     if not path.exists():
-        raise ScoreError(f"{where}: no such file; {BUNDLE_HINT}")
+        raise ScoreError(f"{where}: no such file; {MISSING_HINT}")
     if path.is_dir():
         raise ScoreError(f"{where}: is a folder; {BUNDLE_HINT}")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):  # a fifo or /dev/zero would block or never end
+        raise ScoreError(f"{where}: not a regular file ({file_kind(mode)}); {BUNDLE_HINT}")
     try:
         digest = file_sha256(path)
         is_archive = zipfile.is_zipfile(path)
@@ -106,12 +111,19 @@ def check_model_file(path: Path) -> str:
         ) from None
     if path.stat().st_size == 0:
         raise ScoreError(f"{where}: empty file (0 bytes); {BUNDLE_HINT}")
+    if not names and _is_lfs_pointer(path):
+        raise ScoreError(f"{where}: a Git LFS pointer, not the model; run `git lfs pull`")
     if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
         raise ScoreError(
             f"{where}: not a brainad scorer bundle (not a PyTorch checkpoint archive: the file is "
             f"corrupt, truncated or another kind of file); {BUNDLE_HINT}"
         )
     return digest
+
+
+def _is_lfs_pointer(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(64).startswith(b"version https://git-lfs")
 
 
 def explain_model_error(path: Path, exc: BaseException) -> str:
@@ -129,6 +141,12 @@ def explain_model_error(path: Path, exc: BaseException) -> str:
         return f"{where}: not a readable scorer bundle (its data are corrupt); {BUNDLE_HINT}"
     first = text.replace(f"{path}: ", "").split("\n")[0]
     first = re.sub(r"; (it is truncated or corrupt - )?re-run the training stage.*", "", first)
+    if first.startswith("not a readable checkpoint"):
+        detail = first.removeprefix("not a readable checkpoint").strip(" ()")
+        return (
+            f"{where}: not a readable scorer bundle: the file is truncated or corrupt "
+            f"({detail[:200]}); {BUNDLE_HINT}"
+        )
     return f"{where}: cannot be used ({first[:300]}); {BUNDLE_HINT}"
 
 
@@ -138,10 +156,6 @@ def _nearest_existing(path: Path) -> Path:
     while not os.path.lexists(path) and path != path.parent:
         path = path.parent
     return path
-
-
-def _inside(child: str, parent: str) -> bool:
-    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
 def check_out(out: Path, inputs: Sequence[str], resume: bool, overwrite: bool) -> None:
@@ -181,12 +195,12 @@ def _check_not_nested(out: Path, inputs: Sequence[str]) -> None:
     real_out = os.path.realpath(out)
     for raw in inputs:
         real_in = os.path.realpath(raw)
-        if os.path.isdir(raw) and _inside(real_out, real_in):
+        if os.path.isdir(raw) and inside(real_out, real_in):
             raise ScoreError(
                 f"--out {shown(out)}: is inside the input folder {shown(raw)}, so a later run "
                 "would score its own heat maps; choose an --out outside the inputs"
             )
-        if _inside(real_in, real_out):
+        if inside(real_in, real_out):
             raise ScoreError(
                 f"input {shown(raw)}: is inside --out {shown(out)} (brainad's own results are "
                 "never scored); choose another --out"

@@ -26,12 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from rich.console import RenderableType
-from rich.live import Live
-from rich.progress import Progress, ProgressColumn, Task
-from rich.text import Text
 
-from brainad import score_batch
+from brainad import score_batch, score_report
 from brainad.score_batch import Batch, Options, Session
 from brainad.score_checks import (
     ScoreError,
@@ -43,6 +39,7 @@ from brainad.score_checks import (
 from brainad.score_inputs import Collected, Item, check_inputs, collect, shown
 from brainad.score_maps import MapsMode, parse_maps
 from brainad.score_results import CSV_NAME
+from brainad.utils import console
 
 if TYPE_CHECKING:
     from brainad.data.arrays import PreprocessOutput
@@ -51,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("brainad")
 
 EXIT_OK, EXIT_QUARANTINED, EXIT_NOTHING, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_WORKERS = 64
 
 
 # ------------------------------------------------------------- the one door into the library
@@ -166,7 +164,7 @@ def score_all(engine: Engine, items: Sequence[Item], session: Session) -> Counte
     """Score ``items`` batch by batch, writing rows as they complete; returns the outcomes."""
     outcomes: Counter[str] = Counter()
     decoder, trim = _Decoder(engine, session, session.options.workers), _HeapTrimmer()
-    with _progress_bar() as progress:
+    with score_report.progress_bar() as progress:
         task = progress.add_task("scoring", total=len(items))
         pending: Callable[[], Batch] | None = None
         try:
@@ -183,91 +181,7 @@ def score_all(engine: Engine, items: Sequence[Item], session: Session) -> Counte
     return outcomes
 
 
-# ------------------------------------------------------------------------------- reporting
-def _log_summary(outcomes: Counter[str], out: Path, status: int) -> None:
-    """One line of counts, and what the exit status means."""
-    log.info(
-        "scored %d files (%d flagged anomalous), %d quarantined, %d duplicates, "
-        "%d already recorded → %s",
-        outcomes["row scored"],
-        outcomes["flagged"],
-        outcomes["row quarantined"],
-        outcomes["row duplicate"],
-        outcomes["already recorded"],
-        out / CSV_NAME,
-    )
-    if status == 1:
-        log.warning("exit status 1: some files were quarantined (reasons in %s)", out / CSV_NAME)
-    elif status == 2:
-        log.error("exit status 2: no file could be scored (reasons in %s)", out / CSV_NAME)
-
-
-class _Rate(ProgressColumn):
-    """Files per second."""
-
-    def render(self, task: Task) -> Text:
-        elapsed = task.finished_time if task.finished else task.elapsed
-        rate = task.completed / elapsed if elapsed else None
-        return Text("" if rate is None else f"{rate:.1f} files/s", style="progress.data.speed")
-
-
-@contextlib.contextmanager
-def _progress_bar() -> Iterator[Progress]:
-    """A rich bar on stderr: files done / total, rate, elapsed time and ETA."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from brainad.utils import console
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    progress = Progress(*columns, console=console())
-    progress.live = _OwnLive(console=console(), get_renderable=progress.get_renderable)
-    with progress:
-        yield progress
-
-
-class _OwnLive(Live):
-    """A live display that shows only its own bar: the library's per-chunk "preprocessing" bars
-    (started in the decoding threads) would otherwise be drawn nested under it."""
-
-    @property
-    def renderable(self) -> RenderableType:
-        return self.get_renderable()
-
-
-class _LibraryQuarantines(logging.Filter):
-    """Drops ``preprocess_files``' own per-file lines (it names files by their real path; this
-    command logs each quarantined file itself, by the name the user gave)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "quarantined %s: %s"
-
-
 # ------------------------------------------------------------------------------- the command
-def _report_collection(found: Collected) -> None:
-    if found.repeated:
-        log.info("%d paths were named more than once; each is scored once", found.repeated)
-    if found.skipped:
-        parts = ", ".join(f"{reason}: {n}" for reason, n in sorted(found.skipped.items()))
-        log.info("not considered inside the folders: %s", parts)
-    for folder in found.empty_folders:
-        log.warning("input folder %s: no image files (.jpg, .png, .bmp, .tif) in it", folder)
-
-
 def exit_status(outcomes: Counter[str]) -> int:
     """0 all scored, 1 some quarantined, 2 nothing scored (see the module docstring)."""
     if not outcomes["scored"]:
@@ -282,8 +196,9 @@ def _check_and_collect(args: argparse.Namespace) -> tuple[Engine, Collected, str
     device = parse_device(args.device)
     model_sha256 = check_model_file(args.model)
     engine = open_engine(args.model, device)
-    found = collect(args.inputs, exclude=[args.out])
-    _report_collection(found)
+    with console().status("looking for image files in the inputs"):
+        found = collect(args.inputs, exclude=[args.out])
+    score_report.report_collection(found)
     if not found.items:
         raise ScoreError(
             f"no image files (.jpg, .jpeg, .png, .bmp, .tif, .tiff) in the inputs "
@@ -299,7 +214,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     maps = MapsMode("none") if args.no_heatmaps else args.maps
     options = Options(maps, args.workers, args.batch_size)
     session = score_batch.open_session(args.out, engine, args.model, model_sha256, options, args)
-    quiet = _LibraryQuarantines()
+    quiet = score_report.LibraryQuarantines()
     log.addFilter(quiet)
     try:
         outcomes = score_all(engine, found.items, session)
@@ -312,14 +227,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     except Exception:  # record the incomplete run, then report the error (cli.main)
-        score_batch.close_session(session, Counter(), interrupted=True)
+        with contextlib.suppress(OSError):
+            score_batch.close_session(session, Counter(), interrupted=True)
         raise
     finally:
         log.removeFilter(quiet)
     status = exit_status(outcomes)
     score_batch.write_top_maps(engine, session)
     score_batch.close_session(session, outcomes, interrupted=False, status=status)
-    _log_summary(outcomes, args.out, status)
+    score_report.log_summary(outcomes, args.out, status)
     return status
 
 
@@ -338,10 +254,10 @@ def _positive(text: str) -> int:
     return value
 
 
-def _non_negative(text: str) -> int:
+def _workers(text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not 0 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_WORKERS}, got {value}")
     return value
 
 
@@ -388,7 +304,7 @@ def add_score_parser(sub: Any, parents: Sequence[argparse.ArgumentParser]) -> No
     )
     score.add_argument(
         "--workers",
-        type=_non_negative,
+        type=_workers,
         default=default_workers(),
         help="threads reading and decoding files while the model scores the previous batch "
         "(0: none, decode then score; default: one per core beside the model's, 1 to 4)",

@@ -104,9 +104,9 @@ def check_inputs(inputs: Sequence[str]) -> None:
         raise InputError("\n".join(problems))
 
 
-def _real(path: str) -> str:
-    real = os.path.realpath(path)
-    return real if real != os.path.abspath(path) else ""
+def inside(child: str, parent: str) -> bool:
+    """``child`` is ``parent`` or below it (both real, absolute paths)."""
+    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
 def _dir_key(path: str) -> tuple[int, int]:
@@ -123,15 +123,20 @@ class _Walker:
         self.seen_paths: set[str] = set()
         self.seen_dirs: dict[tuple[int, int], str] = {}
         self.excluded = {_dir_key(str(p)) for p in exclude if p.is_dir()}
+        self.excluded_real = [os.path.realpath(p) for p in exclude]
         self.repeated = 0
 
     def add(self, shown_path: str, path: str, problem: str = "") -> None:
-        key = os.path.normpath(os.path.abspath(path))
-        if key in self.seen_paths:
+        absolute = os.path.normpath(os.path.abspath(path))
+        if absolute in self.seen_paths:
             self.repeated += 1
             return
-        self.seen_paths.add(key)
-        self.items.append(Item(shown_path, Path(path), _real(path), problem))
+        real = os.path.realpath(path)
+        if any(inside(real, out) for out in self.excluded_real):  # a file symlink into --out
+            self.skipped["the --out folder (never scored)"] += 1
+            return
+        self.seen_paths.add(absolute)
+        self.items.append(Item(shown_path, Path(path), real if real != absolute else "", problem))
 
     def walk(self, top: str) -> None:
         """Depth first, files of a folder (sorted) before its subfolders (sorted)."""

@@ -96,6 +96,12 @@ def save_png(path: Path, picture: np.ndarray) -> None:
     write_bytes(path, data.tobytes())
 
 
+def draw(path: Path, row: dict, image: np.ndarray, residual: np.ndarray) -> None:
+    """Render and save the heat map of a scored ``row`` (``score``, ``threshold``, ...)."""
+    heading = title(row["path"], row["score"], row["threshold"], row["prediction"])
+    save_png(path, render(image.squeeze(), residual.squeeze(), heading))
+
+
 class TopK:
     """The ``k`` highest-scored rows seen so far (memory bounded by ``k``)."""
 

@@ -54,16 +54,38 @@ def columns(components: Sequence[str]) -> list[str]:
     ]
 
 
+def score_fields(header: Sequence[str]) -> list[str]:
+    """The columns a ``duplicate`` row copies from the row of the same bytes (score ... the
+    last component)."""
+    return list(header[header.index("score") : header.index("duplicate_of")])
+
+
+class Known(NamedTuple):
+    """The first row recorded for some bytes (what a later copy of them refers to).
+
+    Args:
+        path: its ``path``.
+        status: ``scored`` or ``quarantined``.
+        cells: its :func:`score_fields` values as written (``None`` while being scored).
+        reason: its reason (quarantined).
+    """
+
+    path: str
+    status: str
+    cells: tuple[str, ...] | None
+    reason: str
+
+
 class Previous(NamedTuple):
     """What an earlier run already recorded (empty for a fresh folder).
 
     Args:
-        first_path: sha256 → (path of its first row, that row's status).
+        first_path: sha256 → the first row with those bytes.
         pairs: every (path, sha256) already recorded: those files are skipped.
         rows: number of complete rows.
     """
 
-    first_path: dict[str, tuple[str, str]]
+    first_path: dict[str, Known]
     pairs: set[tuple[str, str]]
     rows: int
 
@@ -200,7 +222,8 @@ def _drop_partial_line(path: Path) -> int:
 
 
 def read_previous(out: Path, header: list[str]) -> Previous:
-    """Rows already in ``out/scores.csv`` (after dropping an incomplete last line).
+    """Rows already in ``out/scores.csv`` (after dropping an incomplete last line); call it while
+    holding the :class:`ResultsWriter` lock.
 
     Raises:
         ResultsError: the header differs from ``header`` or a row is malformed.
@@ -211,6 +234,7 @@ def read_previous(out: Path, header: list[str]) -> Previous:
         log.warning("%s: dropped an incomplete last line (%d bytes; a killed run)", path, dropped)
     previous = empty_previous()
     count = 0
+    fields = [header.index(c) for c in score_fields(header)]
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
         first = next(reader, None)
@@ -226,15 +250,19 @@ def read_previous(out: Path, header: list[str]) -> Previous:
                     f"--resume: {path} line {number} has {len(row)} fields, not {len(header)}; "
                     "the file was edited or damaged - choose a new --out"
                 )
-            _remember(previous, row[0], row[2], row[3])
+            _remember(previous, row, fields)
             count += 1
     return previous._replace(rows=count)
 
 
-def _remember(previous: Previous, path: str, sha256: str, status: str) -> None:
-    if sha256:  # a file that could not be read has no sha256: it is tried again
-        previous.pairs.add((path, sha256))
-        previous.first_path.setdefault(sha256, (path, status))
+def _remember(previous: Previous, row: list[str], fields: list[int]) -> None:
+    path, sha256, status, reason = row[0], row[2], row[3], row[4]
+    if not sha256:  # a file that could not be read has no sha256: it is tried again
+        return
+    previous.pairs.add((path, sha256))
+    if status != "duplicate" and sha256 not in previous.first_path:
+        cells = tuple(row[i] for i in fields)
+        previous.first_path[sha256] = Known(path, status, cells, reason)
 
 
 class ResultsWriter:
@@ -250,6 +278,23 @@ class ResultsWriter:
         if not path.exists() or path.stat().st_size == 0:
             write_text(path, self._format([header]))
         self._handle: IO[str] = open(path, "a", encoding="utf-8", newline="")
+        self._lock()
+
+    def _lock(self) -> None:
+        """An exclusive advisory lock for the whole run: two commands never append to (or
+        resume) the same ``scores.csv`` at once."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        try:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.close()
+            raise ResultsError(
+                f"--out {self.path.parent}: another brainad score is writing {self.path.name}; "
+                "wait for it to finish, or choose another --out"
+            ) from None
 
     def _format(self, rows: Sequence[Sequence[Any]]) -> str:
         buffer = io.StringIO()
@@ -260,17 +305,24 @@ class ResultsWriter:
         """Append ``rows`` (dicts keyed by column; missing keys are empty) and fsync."""
         if not rows:
             return
-        text = self._format([[_cell(row.get(c, "")) for c in self.header] for row in rows])
-        self._handle.write(text)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        text = self._format([[cell(row.get(c, "")) for c in self.header] for row in rows])
+        try:
+            self._handle.write(text)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise ResultsError(
+                f"{self.path}: cannot append rows ({exc.strerror or exc}); every earlier batch is "
+                "kept - fix the cause (disk full?) and run the same command with --resume"
+            ) from None
 
     def close(self) -> None:
         """Close the file (every written row is already on disk)."""
         self._handle.close()
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value as written in ``scores.csv``."""
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):

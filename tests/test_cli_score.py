@@ -725,8 +725,10 @@ def test_two_runs_never_write_the_same_results_at_once(
     before = (out / "scores.csv").read_bytes()
     with open(out / "scores.csv", "a") as other_run:
         fcntl.flock(other_run.fileno(), fcntl.LOCK_EX)
-        code = score(bundle, tmp_path / "scans", out=out, extra=("--resume",))
-    assert_refused(code, caplog, capsys, "another brainad score is writing scores.csv")
+        for again in ("--resume", "--overwrite"):
+            caplog.clear()
+            code = score(bundle, tmp_path / "scans", out=out, extra=(again,))
+            assert_refused(code, caplog, capsys, "another brainad score is writing scores.csv")
     assert (out / "scores.csv").read_bytes() == before
 
 

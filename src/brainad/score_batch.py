@@ -35,6 +35,7 @@ from brainad.score_results import (
     clear_ours,
     columns,
     empty_previous,
+    ensure_unlocked,
     folder_state,
     iter_scored,
     now,
@@ -108,17 +109,7 @@ def open_session(
         ScoreError: the folder cannot be created or written, or its results are not resumable.
     """
     header = columns(engine.components)
-    try:
-        if args.overwrite and folder_state(out) == "ours":
-            clear_ours(out)
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise ScoreError(
-            f"--out {shown(out)}: cannot write there ({exc.strerror or exc}); choose a folder "
-            "you can write to"
-        ) from None
+    _prepare_folder(out, args.overwrite)
     resuming = args.resume and (out / CSV_NAME).exists()
     record = read_run(out) if resuming else None
     if record is not None:
@@ -136,20 +127,29 @@ def open_session(
     if record is None:
         record = run_record(model, model_sha256, engine.bundle.meta, header, str(options.maps))
     save_run(out, record)
-    max_pixels = engine.bundle.preprocess.max_pixels
-    session = Session(
-        out,
-        options,
-        writer,
-        previous,
-        record,
-        float(engine.bundle.calibration.threshold),
-        max_pixels * BYTES_PER_PIXEL + HEADER_SLACK,
-    )
-    if options.maps.kind == "top":
-        session.top = TopK(options.maps.k)
+    bytes_limit = engine.bundle.preprocess.max_pixels * BYTES_PER_PIXEL + HEADER_SLACK
+    threshold = float(engine.bundle.calibration.threshold)
+    session = Session(out, options, writer, previous, record, threshold, bytes_limit)
+    session.top = TopK(options.maps.k) if options.maps.kind == "top" else None
     session.fields = score_fields(header)
     return session
+
+
+def _prepare_folder(out: Path, overwrite: bool) -> None:
+    """``--overwrite``: remove the previous results (unless a run is writing them); create
+    ``out`` and prove it is writable."""
+    try:
+        if overwrite and folder_state(out) == "ours":
+            ensure_unlocked(out / CSV_NAME)
+            clear_ours(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ScoreError(
+            f"--out {shown(out)}: cannot write there ({exc.strerror or exc}); choose a folder "
+            "you can write to"
+        ) from None
 
 
 def close_session(

@@ -278,23 +278,11 @@ class ResultsWriter:
         if not path.exists() or path.stat().st_size == 0:
             write_text(path, self._format([header]))
         self._handle: IO[str] = open(path, "a", encoding="utf-8", newline="")
-        self._lock()
-
-    def _lock(self) -> None:
-        """An exclusive advisory lock for the whole run: two commands never append to (or
-        resume) the same ``scores.csv`` at once."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return
-        try:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        try:  # held for the whole run: two commands never append to (or resume) one file
+            _lock(self._handle, path)
+        except ResultsError:
             self._handle.close()
-            raise ResultsError(
-                f"--out {self.path.parent}: another brainad score is writing {self.path.name}; "
-                "wait for it to finish, or choose another --out"
-            ) from None
+            raise
 
     def _format(self, rows: Sequence[Sequence[Any]]) -> str:
         buffer = io.StringIO()
@@ -319,6 +307,32 @@ class ResultsWriter:
     def close(self) -> None:
         """Close the file (every written row is already on disk)."""
         self._handle.close()
+
+
+def _lock(handle: IO[str], path: Path) -> None:
+    """An exclusive advisory lock on ``handle`` (POSIX ``flock``; no lock elsewhere).
+
+    Raises:
+        ResultsError: another process holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise ResultsError(
+            f"--out {path.parent}: another brainad score is writing {path.name}; wait for it to "
+            "finish, or choose another --out"
+        ) from None
+
+
+def ensure_unlocked(path: Path) -> None:
+    """Refuse (:class:`ResultsError`) if another run holds ``path``'s lock."""
+    if path.exists():
+        with open(path, "a", encoding="utf-8") as handle:
+            _lock(handle, path)
 
 
 def cell(value: Any) -> str:

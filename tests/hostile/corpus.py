@@ -71,11 +71,38 @@ class _Evil:
         return (os.system, ("touch /tmp/brainad-hostile-pickle-ran",))
 
 
+def _pil(image: np.ndarray, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _bad_crc(png: bytes) -> bytes:
+    data = bytearray(png)
+    data[40] ^= 0xFF  # inside the first data chunk: its CRC no longer matches
+    return bytes(data)
+
+
+def _probed(slices: list[np.ndarray]) -> dict[str, bytes]:
+    """Cases added after the first probe (December 2026)."""
+    second = Image.fromarray(slices[3])
+    return {
+        "float32.tif": encode(slices[2].astype(np.float32) / 255, ".tif"),
+        "bad_crc.png": _bad_crc(_png(slices[2])),
+        "html_404.jpg": b"<html><body>404 Not Found</body></html>",
+        "black.png": _png(np.zeros_like(slices[0])),
+        "apng.png": _pil(slices[2], "PNG", save_all=True, append_images=[second]),
+        "multi_page.tif": _pil(slices[2], "TIFF", save_all=True, append_images=[second]),
+        "two_by_two.png": _png(slices[2][:2, :2]),
+    }
+
+
 def _files(slices: list[np.ndarray]) -> dict[str, bytes]:
     gif = io.BytesIO()
     Image.fromarray(slices[6]).save(gif, format="GIF")
     jpeg = encode(slices[5], ".jpg")
     return {
+        **_probed(slices),
         **{f"valid_{i:02d}.png": _png(slices[i]) for i in range(4)},
         "valid.jpg": jpeg,
         "UPPER.JPG": encode(slices[7], ".jpg"),
@@ -149,6 +176,13 @@ CASES = (
     ),
     Case("fifo.png", "quarantined", "not a regular file (fifo)", "a fifo would block a read"),
     Case("sparse_huge.png", "quarantined", "more than any image", "a huge file is never read"),
+    Case("float32.tif", "quarantined", "unsupported pixel type float32", "float TIFF"),
+    Case("bad_crc.png", "quarantined", "not a readable image", "corrupt PNG chunk"),
+    Case("html_404.jpg", "quarantined", "not a readable image", "a saved error page"),
+    Case("black.png", "scored", "", "blank slice: scored, brain extraction falls back"),
+    Case("apng.png", "scored", "", "animated PNG: its first frame"),
+    Case("multi_page.tif", "scored", "", "multi-page TIFF: its first page"),
+    Case("two_by_two.png", "scored", "", "the smallest slice preprocessing accepts"),
     Case("anim.gif", "skipped", "not an image type (.gif)", "item 8: counted, not silent"),
     Case("readme.txt", "skipped", "not an image type (.txt)", "other files are counted"),
     Case("nested.zip", "skipped", "not an image type (.zip)", "archives are not opened"),

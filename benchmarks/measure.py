@@ -42,6 +42,8 @@ class Sizes(NamedTuple):
         cli_files: JPEG files scored on the ``brainad score`` path.
         source_size: side of those JPEG files (before preprocessing).
         dvc_reps: timed no-op ``dvc repro`` runs.
+        archive_files: archive sizes (files) of the archive-scale ``brainad score`` row.
+        archive_image_size: model input side of that row (the demo study's VQGAN+D).
     """
 
     image_size: int | None
@@ -54,10 +56,12 @@ class Sizes(NamedTuple):
     cli_files: int
     source_size: int
     dvc_reps: int
+    archive_files: tuple[int, int]
+    archive_image_size: int
 
 
-FULL = Sizes(None, None, 2, 8, 2048, 5, 512, 256, 256, 3)
-QUICK = Sizes(32, 4, 1, 2, 256, 2, 8, 4, 48, 1)
+FULL = Sizes(None, None, 2, 8, 2048, 5, 512, 256, 256, 3, (2_000, 20_000), 32)
+QUICK = Sizes(32, 4, 1, 2, 256, 2, 8, 4, 48, 1, (16, 48), 32)
 
 
 class Phantoms(NamedTuple):

@@ -10,7 +10,9 @@ What is measured (``benchmarks/README.md`` explains every number):
   the step counted by ``FlopCounterMode`` / measured step time) against the FLOP/s of a large
   matmul of the same precision measured in the same run;
 * scoring throughput and peak memory of the evaluate path (``make_detector`` + ``score_images``) and
-  of the ``brainad score`` path (:func:`brainad.cli.score_files` on JPEG files);
+  of the ``brainad score`` command (in this process, on a folder of JPEG files);
+* archive-scale ``brainad score`` (:mod:`benchmarks.archive`): images/s and peak RSS of the
+  command on 2,000 and 20,000 synthetic slices (RSS must not grow with the number of files);
 * the wall time of a no-op ``dvc repro evaluate@demo`` (only when ``dvc status`` says it is up to
   date).
 
@@ -34,6 +36,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import archive
 from benchmarks.measure import FULL, QUICK, _load_average, machine_info
 from benchmarks.workloads import TARGET_IMAGE_SIZE, bench_all_training, bench_scoring
 from brainad.config import load_study
@@ -169,6 +172,11 @@ def markdown(results: dict[str, Any]) -> str:
     for path, entry in results["scoring"].items():
         memory = _fmt(entry["rss_peak_increase_mb"])
         lines.append(f"| scoring peak RSS increase, {path} path (MB) | {memory} | — | — |")
+        for run_entry in entry.get("runs", []):  # the archive row: one line per archive size
+            lines.append(
+                f"| archive of {run_entry['files']} files: images/s, peak RSS (MB) "
+                f"| {_fmt(run_entry['images_per_s'])}, {_fmt(run_entry['rss_peak_mb'])} | — | — |"
+            )
         if "agreement_with_fp32" in entry:
             a = entry["agreement_with_fp32"]
             lines.append(
@@ -191,6 +199,9 @@ def run(quick: bool, study: str, params: Path, skip_dvc: bool) -> dict[str, Any]
     machine = machine_info()
     matmuls, training = bench_all_training(config, sizes, image_size, machine["cpu_bf16_supported"])
     scoring = bench_scoring(config, sizes, image_size, select_device())
+    scoring["archive"] = archive.bench_demo_archive(
+        params, sizes.archive_files, sizes.archive_image_size, select_device()
+    )
     skipped = {"target": DVC_TARGET, "seconds": None, "seconds_all": [], "reason": "--skip-dvc"}
     dvc = skipped if skip_dvc else bench_dvc_noop(REPO, sizes.dvc_reps)
     results = {

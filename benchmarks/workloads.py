@@ -9,6 +9,7 @@ import logging
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -227,42 +228,61 @@ def write_jpegs(folder: Path, n: int, size: int, seed: int) -> list[Path]:
     return paths
 
 
-def bench_cli_path(
-    config: StudyConfig, sizes: Sizes, image_size: int, device: torch.device, workdir: Path
-) -> dict[str, Any]:
-    """``brainad score``'s :func:`~brainad.cli.score_files` on JPEGs with an untrained VQGAN bundle
-    (load bundle, hash, decode, skull strip, preprocess, score with maps)."""
-    from brainad.cli import score_files
+def _cli_counts(csv_path: Path) -> Counter:
+    """Rows per status in a ``scores.csv``, and skull-strip fallbacks among the scored."""
+    import csv
+
+    counts: Counter = Counter()
+    with open(csv_path, encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            counts[row["status"]] += 1
+            counts["fallback"] += row["fallback"] == "True"
+    return counts
+
+
+def write_untrained_bundle(config: StudyConfig, image_size: int, path: Path) -> Path:
+    """A scorer bundle around an untrained VQGAN (placeholder calibration): speed only."""
 
     preprocess = dataclasses.replace(config.preprocess, image_size=image_size)
-    bundle = workdir / "vqgan-untrained.pt"
     meta = {"study": config.name, "model": "vqgan", "epoch": 0, "note": "untrained: speed only"}
     model = build_model("vqgan", config, image_size)
     calibration = placeholder_calibration(config.score)
     save_scorer(
-        bundle,
-        ScorerBundle(model, calibration, config.score, preprocess, config.perceptual, meta),
+        path, ScorerBundle(model, calibration, config.score, preprocess, config.perceptual, meta)
     )
-    files = write_jpegs(workdir / "scans", sizes.cli_files, sizes.source_size, seed=2)
-    score_files(bundle, files[:2], str(device))  # warm-up
+    return path
+
+
+def bench_cli_path(
+    config: StudyConfig, sizes: Sizes, image_size: int, device: torch.device, workdir: Path
+) -> dict[str, Any]:
+    """``brainad score`` (in this process, ``--maps none``) on a folder of JPEGs with an untrained
+    VQGAN bundle: checks, load bundle, hash, decode, skull strip, preprocess, score, write CSV."""
+    from brainad.cli import main as cli_main
+
+    bundle = write_untrained_bundle(config, image_size, workdir / "vqgan-untrained.pt")
+    scans = workdir / "scans"
+    files = write_jpegs(scans, sizes.cli_files, sizes.source_size, seed=2)
+    args = ["score", "--model", str(bundle), str(scans), "--maps", "none", "--device", str(device)]
+    cli_main([*args, "--out", str(workdir / "warm-up")])
     log.info("scoring: brainad score path, %d JPEG files on %s", len(files), device)
     with PeakMemory(device) as memory:
         start = time.perf_counter()
-        rows, arrays, _, _ = score_files(bundle, files, str(device))
+        cli_main([*args, "--out", str(workdir / "out")])
         _sync(device)
         seconds = time.perf_counter() - start
-    scored = sum(row["status"] == "scored" for row in rows)
+    counts = _cli_counts(workdir / "out" / "scores.csv")
     return {
         "files": len(files),
-        "scored": scored,
-        "quarantined": len(files) - scored,
-        "fallback": int(np.asarray(arrays.fallback).sum()),
+        "scored": counts["scored"],
+        "quarantined": len(files) - counts["scored"],
+        "fallback": counts["fallback"],
         "source_size": sizes.source_size,
         "image_size": image_size,
         "device": device.type,
         "precision": "fp32",
         "seconds": seconds,
-        "images_per_s": scored / seconds,
+        "images_per_s": counts["scored"] / seconds,
         **memory.result(),
     }
 

@@ -30,7 +30,8 @@ def test_a_study_is_deterministic_when_every_fit_section_is() -> None:
 def test_pinned_environment_is_baseline_and_single_threaded() -> None:
     env = runtime.deterministic_environment()
     assert env["ATEN_CPU_CAPABILITY"] == "default" and env["MKL_CBWR"] == "COMPATIBLE"
-    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == str(runtime.THREADS) == "1"
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == str(runtime.THREADS) == "2"
+    assert env["MKL_DYNAMIC"] == env["OMP_DYNAMIC"] == "FALSE"
     assert env["CUDA_VISIBLE_DEVICES"] == ""
     flags = set(runtime.cpu_info()["flags"])
     wanted = {n for f, n in runtime._OPENCV_DISPATCH.items() if f in flags}
@@ -115,7 +116,7 @@ def test_pinned_training_gives_identical_weights_under_different_isa_caps(tmp_pa
     assert pinned[0]["scores"] == pinned[1]["scores"] is not None
     for run in pinned:
         assert run["runtime"]["mode"] == "deterministic"
-        assert run["runtime"]["aten_cpu_capability"] == "DEFAULT" and run["runtime"]["threads"] == 1
+        assert run["runtime"]["aten_cpu_capability"] == "DEFAULT" and run["runtime"]["threads"] == runtime.THREADS
 
 
 def test_checkpoints_record_the_runtime_and_a_weights_checksum(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from brainad.config import PhantomConfig, SourceConfig
-from brainad.data import sources
+from brainad.data import archive as archive_lib
+from brainad.data import fetch as fetch_lib
 from brainad.data.sources import acquire, fetch, redact_uri, safe_extract
 
 PHANTOM = PhantomConfig(n_healthy=6, n_anomalous=4, image_size=32, duplicate_fraction=0.0, seed=1)
@@ -67,7 +68,14 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def _source(kind: str, uri: str = "", sha256: str = "") -> SourceConfig:
-    return SourceConfig(kind=kind, uri=uri, sha256=sha256, max_members=1000, max_total_bytes=BIG)
+    return SourceConfig(
+        kind=kind,
+        uri=uri,
+        sha256=sha256,
+        max_members=1000,
+        max_total_bytes=BIG,
+        max_compression_ratio=100,
+    )
 
 
 # --------------------------------------------------------------------------------- HTTP server
@@ -120,7 +128,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setattr(sources, "_BACKOFF_S", 0.0)
+    monkeypatch.setattr(fetch_lib, "_BACKOFF_S", 0.0)
     httpd = _Server()
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -328,7 +336,7 @@ def test_written_bytes_are_counted_even_if_headers_lie(
 ) -> None:
     archive = tmp_path / "big.zip"
     archive.write_bytes(_zip_bytes({"Training/notumor/a.jpg": b"x" * 5000}))
-    monkeypatch.setattr(sources, "_check_declared", lambda *args: None)  # fooled declared check
+    monkeypatch.setattr(archive_lib, "_check_declared", lambda *args: None)  # fooled declared check
     with pytest.raises(ValueError, match="a.jpg.*max_total_bytes=1000"):
         safe_extract(archive, tmp_path / "out", 10, 1000)
     assert not (tmp_path / "out").exists()

@@ -1,7 +1,8 @@
 """How a stage process runs its numerical kernels, and the record of it for provenance.
 
 Deterministic mode — every ``fit.deterministic`` of a study is true (:func:`study_deterministic`)
-— pins every kernel library a stage uses to its baseline code path and to one thread, so the same
+— pins every kernel library a stage uses to its baseline code path and to a fixed thread count
+(:data:`THREADS`, never adjusted at run time), so the same
 code, data and params give byte-identical weights, scores and metrics on any x86-64 CPU with the
 same installed builds (torch, numpy, OpenCV). Without it, each library picks the fastest kernels
 the CPU has (AVX2, AVX-512, AMX), and their different summation orders change trained weights:
@@ -42,10 +43,12 @@ from brainad.config import FitConfig, StudyConfig
 
 log = logging.getLogger("brainad")
 
-THREADS = 1
-"""Threads of every kernel library in deterministic mode. The partition of a reduction over
-threads changes its rounding (1 vs 2 threads give different weights), so the count must be the
-same on every machine; one thread is also the fastest on a shared CPU (measured)."""
+THREADS = 2
+"""Threads of every kernel library in deterministic mode, on every machine (a 1-core or a 64-core
+one alike). The partition of a reduction over threads changes its rounding (1 vs 2 threads give
+different weights), so the count is part of the result; MKL's and OpenMP's dynamic adjustment is
+off, as MKL's reproducibility conditions require. Two, not one: on an idle 2-core machine (CI) the
+pinned demo VQGAN+D step takes 1.6 s on two threads and 2.6 s on one (measured here)."""
 
 # numpy features above every numpy wheel's x86-64 baseline (names of numpy 2.0-2.4; an unknown
 # name only warns, a baseline one would fail, so X86_V2, numpy 2.4's baseline, is not listed).
@@ -81,6 +84,8 @@ ENVIRONMENT = {
     "OPENCV_IPP": "disabled",  # Intel IPP dispatches by CPU inside OpenCV
     "OPENCV_LOG_LEVEL": "ERROR",  # else OpenCV warns on every import that IPP is disabled
     "OMP_NUM_THREADS": str(THREADS),
+    "OMP_DYNAMIC": "FALSE",  # a runtime that picks fewer threads would change the partition
+    "MKL_DYNAMIC": "FALSE",
     "MKL_NUM_THREADS": str(THREADS),
     "OPENBLAS_NUM_THREADS": str(THREADS),
     "OPENCV_FOR_THREADS_NUM": str(THREADS),

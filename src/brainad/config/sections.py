@@ -32,6 +32,9 @@ class SourceConfig:
         sha256: expected archive checksum (hex); empty means "not pinned" (a warning is logged).
         max_members: refuse archives with more members than this (zip-bomb guard).
         max_total_bytes: refuse archives whose members add up to more bytes than this.
+        max_compression_ratio: refuse a member that inflates to more than this many times its
+            compressed size, or an archive whose extracted data exceed this many times its own
+            size (zip-bomb guard; data under 1 MiB are never refused by ratio).
     """
 
     kind: Literal["synthetic", "archive", "folder", "kaggle"]
@@ -39,6 +42,7 @@ class SourceConfig:
     sha256: str
     max_members: int
     max_total_bytes: int
+    max_compression_ratio: float
 
 
 @dataclass(frozen=True)

@@ -15,42 +15,35 @@ URL user info and query strings are redacted, and the Kaggle key is never read b
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
-import http.client
 import logging
 import os
 import re
 import shutil
 import stat
-import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
-import uuid
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
-from typing import IO, NamedTuple
-from urllib.parse import unquote, urlsplit, urlunsplit
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
 
 from brainad.config import PhantomConfig, SourceConfig
+from brainad.data.archive import (  # noqa: F401 (safe_extract: part of this module's API)
+    SPLITS,
+    _count_files,
+    _find_layout_root,
+    _replace_dir,
+    safe_extract,
+)
+from brainad.data.fetch import _fetch, fetch, redact_uri  # noqa: F401 (fetch: API)
 from brainad.data.phantom import write_phantom_dataset
 
 log = logging.getLogger("brainad")
 
-SPLITS = ("Training", "Testing")
 EXPECTED_LAYOUT = (
     "Training/<class>/*.jpg and/or Testing/<class>/*.jpg "
     "(classes such as glioma, meningioma, notumor, pituitary)"
 )
-_CHUNK = 1 << 20
-_TIMEOUT_S = 60.0
-_BACKOFF_S = 1.0  # first retry delay; doubles per attempt
-_IGNORED_TOP_LEVEL = ("__MACOSX",)
+# Data that inflate to less than this are never refused by compression ratio: a small, highly
+# compressible file (a blank slice, a text file) is harmless; source.max_total_bytes still applies.
 _KAGGLE_SLUG = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(/versions/\d+)?")
 
 
@@ -65,15 +58,6 @@ class AcquireResult(NamedTuple):
 
     root: Path
     record: dict
-
-
-class _Fetched(NamedTuple):
-    path: Path
-    sha256: str
-
-
-class _Retryable(Exception):
-    """A transient download failure (connection, timeout, HTTP 5xx/408/429)."""
 
 
 # ------------------------------------------------------------------------------------- acquire
@@ -124,7 +108,13 @@ def _acquire_archive(
     if not source.uri:
         raise ValueError("source.uri: empty; set it to an archive path or URL in params.yaml")
     fetched = _fetch(source.uri, download_dir, source.sha256, retries=3)
-    safe_extract(fetched.path, staged, source.max_members, source.max_total_bytes)
+    safe_extract(
+        fetched.path,
+        staged,
+        source.max_members,
+        source.max_total_bytes,
+        max_ratio=source.max_compression_ratio,
+    )
     _check_layout(staged, f"{redact_uri(source.uri)} (extracted)")
     return {
         "archive": fetched.path.name,
@@ -148,62 +138,7 @@ def _acquire_kaggle(
     return {"kagglehub_version": version, "rejected": copy_layout(folder, staged)}
 
 
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move the complete directory ``new`` onto ``dest``, removing the previous ``dest`` after."""
-    old = None
-    if dest.exists() or dest.is_symlink():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dest, old)
-    try:
-        os.replace(new, dest)
-    except OSError:
-        if old is not None:
-            os.replace(old, dest)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-
-
-def _count_files(root: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(root)) if root.is_dir() else 0
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` without credentials: user info, query string and fragment are redacted."""
-    parts = urlsplit(uri)
-    if len(parts.scheme) <= 1:  # a local path (or a Windows drive letter)
-        return uri
-    try:
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return f"{parts.scheme}://<unparseable URL redacted>"
-    host = f"[{host}]" if ":" in host else host
-    netloc = ("<redacted>@" if "@" in parts.netloc else "") + host + (f":{port}" if port else "")
-    query = "<redacted>" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
 # --------------------------------------------------------------------------------------- layout
-def _find_layout_root(root: Path, max_depth: int = 3) -> Path | None:
-    """``root`` or the folder inside single wrapping folders that holds Training/ or Testing/."""
-    for _ in range(max_depth + 1):
-        if any((root / split).is_dir() for split in SPLITS):
-            return root
-        children = [
-            c
-            for c in root.iterdir()
-            if c.name not in _IGNORED_TOP_LEVEL and not c.name.startswith(".")
-        ]
-        if len(children) != 1 or not children[0].is_dir():
-            return None
-        root = children[0]
-    return None
-
-
 def _check_layout(root: Path, where: str) -> None:
     """Raise unless ``root`` has Training/ or Testing/ with at least one class subfolder."""
     splits = [root / s for s in SPLITS if (root / s).is_dir()]
@@ -315,353 +250,3 @@ def _scrub(text: str) -> str:
     """Remove the Kaggle key (if set in the environment) from a message."""
     key = os.environ.get("KAGGLE_KEY", "")
     return text.replace(key, "<redacted>") if len(key) >= 4 else text
-
-
-# -------------------------------------------------------------------------------------- fetching
-def fetch(uri: str, download_dir: Path, expected_sha256: str, retries: int = 3) -> Path:
-    """Local path of the verified archive: a local path or ``file://`` URL is used in place, an
-    ``http(s)://`` URL is downloaded into ``download_dir`` (resumed, retried ``retries`` times).
-
-    Raises:
-        ValueError: unsupported URI, malformed ``expected_sha256`` or a checksum mismatch (a bad
-            download is deleted, never left under the final name).
-        FileNotFoundError: a local archive that does not exist.
-        OSError: the download still fails after the retries.
-    """
-    return _fetch(uri, Path(download_dir), expected_sha256, retries).path
-
-
-def _fetch(uri: str, download_dir: Path, expected: str, retries: int) -> _Fetched:
-    expected = expected.strip().lower()
-    if expected and not re.fullmatch(r"[0-9a-f]{64}", expected):
-        raise ValueError(
-            f"source.sha256: {expected!r} is not 64 hex digits; fix it or set it to ''"
-        )
-    scheme = urlsplit(uri).scheme.lower()
-    if scheme in ("http", "https"):
-        return _download(uri, download_dir, expected, retries)
-    if scheme == "file":
-        path = _file_url_path(uri)
-    elif len(scheme) <= 1:  # a plain path (a one-letter "scheme" is a Windows drive)
-        path = Path(uri).expanduser()
-    else:
-        raise ValueError(
-            f"source.uri: unsupported scheme {scheme!r} in {redact_uri(uri)}; "
-            "use a local path, a file:// URL or an http(s):// URL"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: archive not found (source.uri; relative paths start at {Path.cwd()})"
-        )
-    digest = sha256_file(path)
-    _verify(path.name, digest, expected)
-    return _Fetched(path, digest)
-
-
-def _file_url_path(uri: str) -> Path:
-    parts = urlsplit(uri)
-    if parts.netloc not in ("", "localhost"):
-        raise ValueError(f"source.uri: {redact_uri(uri)} names a remote host; use file:///path")
-    return Path(urllib.request.url2pathname(unquote(parts.path)))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _verify(name: str, actual: str, expected: str) -> None:
-    """Raise on a mismatch with a pinned hash; warn with the hash when nothing is pinned."""
-    if not expected:
-        log.warning(
-            "%s: checksum not pinned; its sha256 is %s; set source.sha256 to it in params.yaml",
-            name,
-            actual,
-        )
-        return
-    if actual != expected:
-        raise ValueError(
-            f"{name}: sha256 mismatch: expected {expected}, got {actual}. The file is corrupt, "
-            "incomplete or a different version: download it again; if you trust this file, set "
-            f"source.sha256 to {actual} in params.yaml"
-        )
-
-
-def _download(url: str, download_dir: Path, expected: str, retries: int) -> _Fetched:
-    """Download ``url`` to ``download_dir/<name>`` via ``<name>.part`` (resumed, retried)."""
-    shown = redact_uri(url)
-    name = re.sub(r"[^\w.-]", "_", Path(unquote(urlsplit(url).path)).name).lstrip(".") or "download"
-    final, part = download_dir / name, download_dir / f"{name}.part"
-    download_dir.mkdir(parents=True, exist_ok=True)
-    if expected and final.is_file():
-        if sha256_file(final) == expected:
-            log.info("%s: already downloaded and verified", final)
-            return _Fetched(final, expected)
-        log.warning("%s: does not match source.sha256; downloading it again", final)
-        final.unlink()
-    for attempt in range(retries + 1):
-        try:
-            _download_once(url, part, shown)
-            break
-        except _Retryable as exc:
-            if attempt == retries:
-                resume = f" ({part} is resumed next time)" if part.is_file() else ""
-                raise OSError(
-                    f"{shown}: download failed after {retries + 1} attempts ({exc}); check the URL "
-                    f"and the connection, then re-run{resume}"
-                ) from None
-            delay = _BACKOFF_S * 2**attempt
-            log.warning("%s: %s; retrying in %.0f s", shown, exc, delay)
-            time.sleep(delay)
-    digest = sha256_file(part)
-    if expected and digest != expected:
-        part.unlink()
-    _verify(name, digest, expected)
-    os.replace(part, final)
-    return _Fetched(final, digest)
-
-
-def _request(url: str, offset: int) -> urllib.request.Request:
-    """A GET request; URL user info becomes a Basic header that is never sent on to a redirect."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    request = urllib.request.Request(urlunsplit(parts._replace(netloc=netloc)))
-    if parts.username is not None:
-        user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        token = base64.b64encode(user_pass.encode()).decode()
-        request.add_unredirected_header("Authorization", f"Basic {token}")
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    return request
-
-
-def _download_once(url: str, part: Path, shown: str) -> None:
-    """One attempt: resume ``part`` with a Range request, or restart if the server ignores it."""
-    offset = part.stat().st_size if part.is_file() else 0
-    try:
-        response = urllib.request.urlopen(_request(url, offset), timeout=_TIMEOUT_S)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            part.unlink()
-            raise _Retryable("server refused the resume range; restarting") from None
-        if exc.code in (408, 429) or exc.code >= 500:
-            raise _Retryable(f"HTTP {exc.code} {exc.reason}") from None
-        raise OSError(f"{shown}: HTTP {exc.code} {exc.reason}; check source.uri") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise _Retryable(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
-    with response:
-        if offset and not (response.status == 206 and _range_start(response) == offset):
-            log.info("%s: server ignored the resume request; downloading from the start", shown)
-            offset = 0
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
-        try:
-            with (
-                open(part, "ab" if offset else "wb") as out,
-                _progress(part.name, total, offset) as bar,
-            ):
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    bar(len(chunk))
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Retryable(f"connection lost ({type(exc).__name__})") from None
-    if total is not None and part.stat().st_size != total:
-        raise _Retryable(f"connection closed early ({part.stat().st_size} of {total} bytes)")
-
-
-def _range_start(response: http.client.HTTPResponse) -> int | None:
-    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-    return int(match.group(1)) if match else None
-
-
-@contextlib.contextmanager
-def _progress(name: str, total: int | None, completed: int) -> Iterator[Callable[[int], None]]:
-    """A rich download bar on stderr; yields ``advance(n_bytes)``."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from brainad.utils import console
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console()) as progress:
-        task = progress.add_task(name, total=total, completed=completed)
-        yield lambda n: progress.advance(task, n)
-
-
-# ------------------------------------------------------------------------------------ extracting
-class _Budget:
-    """Counts bytes actually written, so a member that lies about its size cannot bypass the cap."""
-
-    def __init__(self, archive: Path, max_total_bytes: int) -> None:
-        self.archive, self.left, self.limit = archive, max_total_bytes, max_total_bytes
-
-    def spend(self, n_bytes: int, member: str) -> None:
-        self.left -= n_bytes
-        if self.left < 0:
-            raise ValueError(
-                f"{self.archive}: member {member!r} takes the extracted data beyond "
-                f"source.max_total_bytes={self.limit} (a size header understated it); refusing"
-            )
-
-
-def safe_extract(archive: Path, dest: Path, max_members: int, max_total_bytes: int) -> int:
-    """Extract a zip or tar (optionally gz/bz2/xz) archive safely; return the number of files.
-
-    Members with ``..``, absolute paths or drive letters, links, devices and fifos are refused;
-    nested archives are written as plain files. A single wrapping top-level folder around
-    Training/Testing is removed. Extraction happens in a temporary sibling of ``dest`` that
-    replaces ``dest`` only when complete.
-
-    Raises:
-        ValueError: not a zip/tar, an unsafe member (named), too many members or too many bytes.
-    """
-    archive, dest = Path(archive), Path(dest)
-    if max_members < 1 or max_total_bytes < 1:
-        raise ValueError("source.max_members / source.max_total_bytes: must be positive")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
-    try:
-        budget = _Budget(archive, max_total_bytes)
-        try:
-            if _is_zip(archive):
-                _extract_zip(archive, tmp, max_members, budget)
-            elif tarfile.is_tarfile(archive):
-                _extract_tar(archive, tmp, max_members, budget)
-            else:
-                raise ValueError(
-                    f"{archive}: not a zip or tar archive (supported: .zip, .tar, .tar.gz, .tgz); "
-                    "check source.uri"
-                )
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
-            raise ValueError(f"{archive}: corrupt archive ({exc}); download it again") from None
-        root = _find_layout_root(tmp) or tmp
-        if root != tmp:
-            log.info("%s: removed the wrapping folder %s/", archive.name, root.relative_to(tmp))
-        n_files = _count_files(root)
-        _replace_dir(root, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("%s: extracted %d files", archive.name, n_files)
-    return n_files
-
-
-def _is_zip(archive: Path) -> bool:
-    """Zip by its leading signature (a tar ending in a zip member must not be read as a zip)."""
-    with open(archive, "rb") as handle:
-        return handle.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
-
-
-def _refuse(archive: Path, member: str, reason: str) -> ValueError:
-    return ValueError(
-        f"{archive}: refusing member {member!r}: {reason}; the archive is unsafe or damaged, "
-        "do not use it (or repack it without that member)"
-    )
-
-
-def _member_path(archive: Path, name: str) -> PurePosixPath:
-    """The member's relative path, refusing traversal, absolute paths and drive letters."""
-    if "\x00" in name:
-        raise _refuse(archive, name, "NUL byte in the name")
-    if name.startswith(("/", "\\")):
-        raise _refuse(archive, name, "absolute path")
-    if re.match(r"[A-Za-z]:", name):
-        raise _refuse(archive, name, "drive letter")
-    parts = re.split(r"[\\/]+", name)
-    if ".." in parts:
-        raise _refuse(archive, name, "'..' path component")
-    clean = [p for p in parts if p not in ("", ".")]
-    if not clean:
-        raise _refuse(archive, name, "empty path")
-    return PurePosixPath(*clean)
-
-
-def _check_count(archive: Path, count: int, max_members: int) -> None:
-    if count > max_members:
-        raise ValueError(
-            f"{archive}: more than source.max_members={max_members} members (possible zip bomb); "
-            "raise source.max_members in params.yaml if the archive is genuine"
-        )
-
-
-def _check_declared(archive: Path, declared: int, budget: _Budget) -> None:
-    if declared > budget.limit:
-        raise ValueError(
-            f"{archive}: members declare {declared} bytes, more than source.max_total_bytes="
-            f"{budget.limit} (possible zip bomb); raise it in params.yaml if the archive is genuine"
-        )
-
-
-def _write_member(
-    archive: Path, root: Path, rel: PurePosixPath, source: IO[bytes], budget: _Budget, name: str
-) -> None:
-    """Stream one member into ``root/rel``, counting the bytes actually written."""
-    target = root.joinpath(*rel.parts)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as out:
-            while chunk := source.read(_CHUNK):
-                budget.spend(len(chunk), name)
-                out.write(chunk)
-    except (NotADirectoryError, IsADirectoryError, FileExistsError):
-        raise _refuse(archive, name, "a file and a folder share this path") from None
-
-
-def _extract_zip(archive: Path, root: Path, max_members: int, budget: _Budget) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        _check_count(archive, len(infos), max_members)
-        _check_declared(archive, sum(i.file_size for i in infos), budget)
-        for info in infos:
-            rel = _member_path(archive, info.filename)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise _refuse(archive, info.filename, "symbolic link")
-            if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
-                raise _refuse(archive, info.filename, "device file, fifo or socket")
-            if info.is_dir():
-                root.joinpath(*rel.parts).mkdir(parents=True, exist_ok=True)
-                continue
-            if info.flag_bits & 0x1:
-                raise _refuse(archive, info.filename, "encrypted member")
-            with zf.open(info) as source:
-                _write_member(archive, root, rel, source, budget, info.filename)
-
-
-def _extract_tar(archive: Path, root: Path, max_members: int, budget: _Budget) -> None:
-    declared = 0
-    with tarfile.open(archive, mode="r:*") as tf:
-        for count, member in enumerate(tf, start=1):
-            _check_count(archive, count, max_members)
-            rel = _member_path(archive, member.name)
-            if member.issym() or member.islnk():
-                raise _refuse(archive, member.name, "symbolic or hard link")
-            if member.ischr() or member.isblk() or member.isfifo():
-                raise _refuse(archive, member.name, "device file or fifo")
-            if member.isdir():
-                root.joinpath(*rel.parts).mkdir(parents=True, exist_ok=True)
-                continue
-            if not member.isreg():
-                raise _refuse(archive, member.name, f"unsupported member type {member.type!r}")
-            declared += member.size
-            _check_declared(archive, declared, budget)
-            source = tf.extractfile(member)
-            if source is None:
-                raise _refuse(archive, member.name, "unreadable member")
-            with source:
-                _write_member(archive, root, rel, source, budget, member.name)

@@ -350,10 +350,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    """Add ``compare`` to the ``brainad`` command's subparsers."""
+def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Add ``compare`` to the ``brainad`` command's subparsers (``parents``: shared options)."""
     parser = subparsers.add_parser(
         "compare",
+        parents=list(parents),
         help="metrics at a revision beside the workspace's, with noise-aware verdicts",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

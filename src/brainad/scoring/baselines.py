@@ -50,11 +50,19 @@ class Baseline:
     def anomaly_map(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray | None:
         return None
 
+    def statistic_of_map(
+        self, images: np.ndarray, masks: np.ndarray, found: np.ndarray | None
+    ) -> np.ndarray:
+        """The statistic when :meth:`anomaly_map` was already computed (``found``): a baseline
+        whose statistic aggregates its map overrides this, so the map is computed once."""
+        return self.statistic(images, masks)
+
     def maps(self, images: torch.Tensor, masks: torch.Tensor) -> AnomalyMaps:
         x, m = images.numpy(), masks.numpy()
         found = self.anomaly_map(x, m)
         pixel = {} if found is None else {"map": torch.from_numpy(found)}
-        return AnomalyMaps(pixel, {"score": torch.from_numpy(self.statistic(x, m))}, None)
+        score = self.statistic_of_map(x, m, found)
+        return AnomalyMaps(pixel, {"score": torch.from_numpy(score)}, None)
 
     def scores(self, maps: AnomalyMaps, masks: torch.Tensor) -> ImageScores:
         return ImageScores({"score": maps.image["score"]}, maps.pixel.get("map"))
@@ -209,7 +217,13 @@ class PCARecon(Baseline):
         return ((z - recon) ** 2).reshape(masks.shape).astype(np.float32) * masks
 
     def statistic(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        residual = self.anomaly_map(images, masks)
+        return self.statistic_of_map(images, masks, self.anomaly_map(images, masks))
+
+    def statistic_of_map(
+        self, images: np.ndarray, masks: np.ndarray, found: np.ndarray | None
+    ) -> np.ndarray:
+        """Mean of the top ``PCA_TOPK_PERCENT`` % of the brain pixels of the residual map."""
+        residual = found
         _, masks = _prepare(images, masks)
         top = aggregate(
             torch.from_numpy(residual), torch.from_numpy(masks), "topk", PCA_TOPK_PERCENT

@@ -7,13 +7,19 @@ model's AUROC says little about anomaly detection. HIGHER SCORE = MORE ANOMALOUS
 * ``mean_intensity``: |z| of the mean brain intensity against the training images;
 * ``image_stats``: Mahalanobis distance of seven intensity/shape statistics (Ledoit-Wolf);
 * ``pca_recon``: PCA reconstruction residual of per-image standardised brains;
-* ``nearest_neighbour``: L2 distance at 32×32 to the nearest training image.
+* ``nearest_neighbour``: L2 distance at 32×32 to the nearest training image;
+* ``mirror_asymmetry``: training-free left-right asymmetry — the slice against its mirror image,
+  aligned by a small shift/rotation search, smoothed, on a per-image robust intensity scale; the
+  score is a high quantile inside the eroded brain mask.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,6 +36,14 @@ _EPS = 1e-6
 PCA_TOPK_PERCENT = 1.0
 NN_SIZE = 32
 STAT_NAMES = ("mean", "std", "skew", "kurtosis", "area_fraction", "p1", "p99")
+# mirror asymmetry, lengths in pixels of a 128-px slice (scaled with the image size)
+ASYM_SIGMA = 2.0  # Gaussian smoothing of the residual
+ASYM_EROSION = 3  # brain-mask erosion before the quantile (the rim is never symmetric)
+ASYM_MAX_SHIFT = 16  # horizontal shift of the mirror image, ± pixels (midline offset ± 8)
+ASYM_ROTATIONS = tuple(float(a) for a in range(-12, 13, 3))  # coarse, degrees (tilt t needs 2t)
+ASYM_RANGE = (5.0, 95.0)  # per-image intensity percentiles mapped to 0..1
+ASYM_QUANTILE = 0.95  # of the residual inside the eroded mask
+ASYM_SEARCH_SIZE = 64  # the alignment's fine search runs at this size (the coarse one at half)
 
 
 class Baseline:
@@ -264,11 +278,112 @@ class NearestNeighbour(Baseline):
         return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _mirror_warp(size: int, angle: float, shift: float) -> np.ndarray:
+    """2×3 affine that mirrors a ``size``² slice about its vertical centre line, then rotates it
+    by ``angle`` degrees about the centre and shifts it by ``shift`` pixels to the right."""
+    centre = (size - 1) / 2.0
+    mirror = np.array([[-1.0, 0.0, 2 * centre], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    rotate = np.vstack([cv2.getRotationMatrix2D((centre, centre), angle, 1.0), [0.0, 0.0, 1.0]])
+    return (rotate @ mirror)[:2] + np.array([[0.0, 0.0, shift], [0.0, 0.0, 0.0]])
+
+
+def _mirror_search(
+    image: np.ndarray, mask: np.ndarray, angles: Sequence[float], shifts: Sequence[float]
+) -> tuple[float, float]:
+    """The (angle, shift) of ``angles`` × ``shifts`` whose mirrored slice best matches ``image``:
+    least mean absolute difference over the overlap of both brain masks (at least a quarter of
+    the mask; (0, 0) if no candidate overlaps that much)."""
+    size = image.shape[0]
+    best, choice = np.inf, (0.0, 0.0)
+    for angle in angles:
+        for shift in shifts:
+            warp = _mirror_warp(size, angle, shift)
+            twin = cv2.warpAffine(image, warp, (size, size), flags=cv2.INTER_LINEAR)
+            both = mask & (cv2.warpAffine(mask.astype(np.float32), warp, (size, size)) > 0.5)
+            if not both.any() or both.sum() < 0.25 * mask.sum():
+                continue
+            cost = float(np.abs(image - twin)[both].mean())
+            if cost < best - 1e-9:
+                best, choice = cost, (angle, shift)
+    return choice
+
+
+def _best_mirror(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """The mirror alignment (angle in degrees, shift in pixels of ``image``), coarse to fine: the
+    whole :data:`ASYM_ROTATIONS` × shift range at :data:`ASYM_SEARCH_SIZE` / 2, then ±1.5° and
+    ±2 px around the best at :data:`ASYM_SEARCH_SIZE` (or the image size if smaller)."""
+    size = image.shape[0]
+    fine = min(ASYM_SEARCH_SIZE, size)
+    levels = []
+    for small in (max(8, fine // 2), fine):
+        img = cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA)
+        msk = cv2.resize(mask.astype(np.float32), (small, small), interpolation=cv2.INTER_AREA)
+        levels.append((small, img, msk > 0.5))
+    (coarse, img, msk), (_, fine_img, fine_msk) = levels
+    reach = max(1, round(ASYM_MAX_SHIFT * coarse / 128))
+    angle, shift = _mirror_search(img, msk, ASYM_ROTATIONS, range(-reach, reach + 1))
+    shift *= fine / coarse
+    angles = (angle - 1.5, angle, angle + 1.5)
+    angle, shift = _mirror_search(
+        fine_img, fine_msk, angles, [shift + d for d in (-2, -1, 0, 1, 2)]
+    )
+    return angle, shift * size / fine
+
+
+class MirrorAsymmetry(Baseline):
+    """Training-free left-right asymmetry (healthy brains are nearly symmetric, most lesions are
+    not). Each slice is mapped to 0..1 by its own :data:`ASYM_RANGE` brain percentiles (so a
+    lesion's intensity cannot shift the scale much), compared with its mirror image aligned by
+    :func:`_best_mirror`; the absolute difference, Gaussian-smoothed (:data:`ASYM_SIGMA`), is the
+    map inside the eroded overlap of both masks, and its :data:`ASYM_QUANTILE` is the score.
+    A lesion shows twice in the map: where it is and at its mirror position."""
+
+    name = "mirror_asymmetry"
+
+    def fit(self, images: np.ndarray, masks: np.ndarray) -> None:
+        """Nothing to fit (the method uses no training data)."""
+
+    def anomaly_map(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        images, masks = _prepare(images, masks)
+        size = images.shape[-1]
+        sigma = ASYM_SIGMA * size / 128
+        erosion = max(1, round(ASYM_EROSION * size / 128))
+        kernel = np.ones((2 * erosion + 1, 2 * erosion + 1), np.uint8)
+        out = np.zeros(images.shape, np.float32)
+        for i, (image, mask) in enumerate(zip(images[:, 0], masks[:, 0])):
+            lo, hi = np.percentile(image[mask], ASYM_RANGE)
+            x = ((image - lo) / max(hi - lo, _EPS)).astype(np.float32)
+            warp = _mirror_warp(size, *_best_mirror(x, mask))
+            twin = cv2.warpAffine(x, warp, (size, size), flags=cv2.INTER_LINEAR)
+            twin_mask = cv2.warpAffine(mask.astype(np.uint8), warp, (size, size)) > 0
+            residual = cv2.GaussianBlur(np.abs(x - twin), (0, 0), sigma)
+            inside = cv2.erode((mask & twin_mask).astype(np.uint8), kernel) > 0
+            out[i, 0] = np.where(inside, residual, 0.0)
+        return out
+
+    def statistic(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        return self.statistic_of_map(images, masks, self.anomaly_map(images, masks))
+
+    def statistic_of_map(
+        self, images: np.ndarray, masks: np.ndarray, found: np.ndarray | None
+    ) -> np.ndarray:
+        """:data:`ASYM_QUANTILE` of the map over its support (0 for a slice without one)."""
+        flat = found.reshape(len(found), -1)
+        inside = flat > 0
+        scores = np.zeros(len(found))
+        has = inside.any(1)
+        if has.any():
+            scores[has] = _masked_quantiles(flat[has], inside[has], (ASYM_QUANTILE,))[:, 0]
+        return scores
+
+
 def default_baselines(config: EvaluateConfig) -> list[Baseline]:
-    """The four trivial baselines reported beside every model."""
+    """The five trivial baselines reported beside every model."""
     return [
         MeanIntensity(),
         ImageStats(),
         PCARecon(config.pca_components, seed=config.seed),
         NearestNeighbour(),
+        MirrorAsymmetry(),
     ]

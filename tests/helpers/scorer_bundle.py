@@ -58,7 +58,7 @@ def write_bundle(path: Path, threshold: float = 0.0, seed: int = 0) -> Path:
     )
     meta = {"study": "test", "model": "vqgan", "epoch": 0, "note": "untrained test bundle"}
     bundle = ScorerBundle(
-        model, calibration, config.score, config.preprocess, config.perceptual, meta
+        model, calibration, config.score, config.preprocess, config.perceptual, meta, config.volume
     )
     save_scorer(path, bundle)
     return path

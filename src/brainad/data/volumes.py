@@ -241,7 +241,8 @@ def window(plane: np.ndarray, config: VolumeConfig) -> np.ndarray:
     if high - low <= 1e-6:
         return np.zeros(plane.shape, np.float32)
     scaled = np.clip((plane - low) / (high - low), 0.0, 1.0)
-    return (np.round(scaled * _LEVELS) / _LEVELS).astype(np.float32)
+    levels = np.round(scaled * _LEVELS).astype(np.uint16)
+    return levels.astype(np.float32) / _LEVELS  # as read_image decodes a 16-bit PNG
 
 
 def slice_image(ras: np.ndarray, k: int) -> np.ndarray:

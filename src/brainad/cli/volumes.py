@@ -135,8 +135,10 @@ def score_volumes(
         return Counter({"quarantined": len(rows), "row quarantined": len(rows)})
     for entry in volume_inputs(volumes, dicom, config):
         rows = [entry] if isinstance(entry, dict) else _score_one(engine, session, entry, config)
-        if rows is None:
+        if rows is None:  # --resume: counted as it was recorded
+            known = session.previous.first_path.get(entry.sha256)
             outcomes["already recorded"] += 1
+            outcomes["quarantined" if known and known.status == "quarantined" else "scored"] += 1
             continue
         status = rows[-1]["status"]
         outcomes["scored" if status == "scored" else "quarantined"] += 1

@@ -11,7 +11,7 @@ the sha256 of its ``SeriesInstanceUID`` (:func:`series_name`); no other tag valu
 PatientID, dates, institution ...) is ever copied into a name, a row, a reason or a log line.
 
 Refused, each with a :class:`~brainad.data.volumes.VolumeError` naming the file or series: a file
-that is not DICOM or has no pixel data, a multi-frame or colour image, a series with mixed slice
+that is not DICOM or has no pixel data (its own row; the rest of its series is scored), a multi-frame or colour image, a series with mixed slice
 sizes or orientations, missing or coincident slice positions, inconsistent slice spacing, pixel
 data in a compressed transfer syntax that the installed decoders cannot read (the syntax is named).
 """
@@ -37,6 +37,7 @@ log = logging.getLogger("brainad")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _SPACING_TOLERANCE = 0.1  # a gap may differ from the median gap by this fraction
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+NO_PIXELS = "DICOM file without pixel data (a report, presentation state or similar); not scored"
 
 
 class Series(NamedTuple):
@@ -83,11 +84,13 @@ def series_name(folder: Path, uid: str) -> str:
 
 
 def _read(path: Path, pixels: bool) -> Any:
+    """The dataset; without ``pixels`` large values (the pixel data) are not loaded, but whether
+    the file has pixel data is known."""
     import pydicom
 
     with warnings.catch_warnings():  # pydicom warnings may quote tag values: never shown
         warnings.simplefilter("ignore")
-        return pydicom.dcmread(str(path), stop_before_pixels=not pixels)
+        return pydicom.dcmread(str(path), defer_size=None if pixels else 1024)
 
 
 def group_series(files: Sequence[Path]) -> tuple[list[Series], list[Problem]]:
@@ -101,6 +104,9 @@ def group_series(files: Sequence[Path]) -> tuple[list[Series], list[Problem]]:
             problems.append(Problem(path, f"not a readable DICOM file ({type(exc).__name__})"))
             continue
         uid = str(header.get("SeriesInstanceUID", "") or "")
+        if "PixelData" not in header:
+            problems.append(Problem(path, NO_PIXELS))
+            continue
         if not uid:
             problems.append(Problem(path, "DICOM file without a SeriesInstanceUID"))
             continue
@@ -129,9 +135,7 @@ class _Slice(NamedTuple):
 
 def _pixels(ds: Any, path: Path) -> np.ndarray:
     if "PixelData" not in ds:
-        raise VolumeError(
-            path, "DICOM file without pixel data (a report, presentation state or similar)"
-        )
+        raise VolumeError(path, NO_PIXELS)
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise VolumeError(path, "multi-frame DICOM image: not supported; export single frames")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:

@@ -222,9 +222,11 @@ def select_slices(ras: np.ndarray, config: VolumeConfig, where: str | Path) -> l
         chosen = [int(k) for k in np.nonzero(fraction >= config.min_brain_fraction)[0]]
     else:
         head = np.nonzero(fraction > 0)[0]
-        middle = (int(head[0]) + int(head[-1])) // 2 if len(head) else ras.shape[2] // 2
-        start = max(0, min(middle - config.central_n // 2, ras.shape[2] - config.central_n))
-        chosen = list(range(start, min(ras.shape[2], start + max(1, config.central_n))))
+        count = max(1, config.central_n)
+        middle = (head[0] + head[-1]) / 2 if len(head) else (ras.shape[2] - 1) / 2
+        start = int(np.floor(middle - (count - 1) / 2 + 0.5))
+        start = max(0, min(start, ras.shape[2] - count))
+        chosen = list(range(start, min(ras.shape[2], start + count)))
         chosen = [k for k in chosen if fraction[k] > 0]
     if not chosen:
         raise VolumeError(

@@ -5,17 +5,14 @@ NIfTI volume gives a map in the volume's grid."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
 from helpers.volumes import phantom_volume, write_nifti
-from test_pipeline import MICRO, ROOT, run
+from test_pipeline import MICRO, run, scratch_repo
 
 from brainad.cli import main as cli_main
 from brainad.data.manifest import read_manifest
@@ -40,28 +37,10 @@ def volume_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     repo = tmp_path_factory.mktemp("vols")
     scans = tmp_path_factory.mktemp("scans")
     _volumes(scans)
-    shutil.copytree(ROOT / "stages", repo / "stages")
-    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    study = {section: {} for section in params["defaults"]}
-    study.update(MICRO)
-    study["source"] = {"kind": "nifti", "uri": str(scans)}
-    study["filter"] = {"healthy_classes": ["healthy"], "anomaly_classes": ["anomalous"]}
-    study["split"] = {"keep": "all"}
-    params["studies"] = {STUDY: study}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / ".gitignore").write_text("/data/\n/models/\n")
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(repo / "src"),
-        "DVC_NO_ANALYTICS": "1",
-    }
-    run(["git", "init", "-q"], repo, env)
-    commit = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q"]
-    run([*commit, "--allow-empty", "-m", "init"], repo, env)
-    run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
+    source = {"kind": "nifti", "uri": str(scans)}
+    labels = {"healthy_classes": ["healthy"], "anomaly_classes": ["anomalous"]}
+    study = {**MICRO, "source": source, "filter": labels, "split": {"keep": "all"}}
+    env = scratch_repo(repo, {STUDY: study})
     run([sys.executable, "-m", "dvc", "repro", f"evaluate@{STUDY}"], repo, env)
     return repo, scans
 

@@ -39,13 +39,13 @@ from brainad.data.volumes import (
     Slices,
     Volume,
     VolumeError,
-    file_sha256,
     nifti_stem,
     read_nifti,
     save_nifti,
     slice_volume,
     volume_map,
 )
+from brainad.utils import file_sha256
 
 if TYPE_CHECKING:
     from brainad.cli.batch import Session

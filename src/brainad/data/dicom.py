@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from brainad.config import VolumeConfig
-from brainad.data.volumes import Volume, VolumeError, check_volume, file_sha256
+from brainad.data.volumes import Volume, VolumeError, check_volume
+from brainad.utils import file_sha256
 
 log = logging.getLogger("brainad")
 

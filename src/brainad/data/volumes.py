@@ -25,7 +25,6 @@ this module, so a volume is sliced the same way everywhere:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from brainad.config import VolumeConfig
+from brainad.utils import file_sha256
 
 log = logging.getLogger("brainad")
 
@@ -96,15 +96,6 @@ def nifti_stem(name: str) -> str:
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ reading

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -263,3 +264,11 @@ def test_compressed_dicom_the_decoders_cannot_read_names_file_and_syntax(
     assert row["status"] == "quarantined"
     assert str(tmp_path / "jls" / "compressed.dcm") in row["reason"]
     assert "JPEG-LS Lossless Image Compression" in row["reason"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX fifo")
+def test_a_fifo_without_suffix_is_never_opened_to_look_for_dicom(bundle: Path, tmp_path: Path):
+    write_nifti(tmp_path / "in" / "a.nii.gz", phantom_volume(4, seed=15)[0])
+    os.mkfifo(tmp_path / "in" / "pipe")  # opening it for reading would block forever
+    assert score(bundle, tmp_path / "in", out=tmp_path / "out") == 0
+    assert [r["level"] for r in rows(tmp_path / "out")][-1] == "volume"

@@ -323,7 +323,7 @@ def _sha256(path: Path) -> str:
 def _unsupported(suffix: str) -> str:
     return (
         f"unsupported file type {suffix or '(no suffix)'!r} (brainad scores the study's formats: "
-        f"{', '.join(IMAGE_SUFFIXES)}); convert it to PNG to score it"
+        f"{', '.join(IMAGE_SUFFIXES)}, NIfTI .nii/.nii.gz and DICOM); convert it to PNG to score it"
     )
 
 

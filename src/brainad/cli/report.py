@@ -108,4 +108,7 @@ def report_collection(found: Collected) -> None:
         parts = ", ".join(f"{reason}: {n}" for reason, n in sorted(found.skipped.items()))
         log.info("not considered inside the folders: %s", parts)
     for folder in found.empty_folders:
-        log.warning("input folder %s: no image files (.jpg, .png, .bmp, .tif) in it", folder)
+        log.warning(
+            "input folder %s: no image files (.jpg, .png, .bmp, .tif), NIfTI or DICOM files in it",
+            folder,
+        )

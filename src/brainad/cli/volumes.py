@@ -32,6 +32,7 @@ import numpy as np
 
 from brainad.cli.inputs import Item, shown
 from brainad.cli.maps import draw
+from brainad.cli.report import progress_bar
 from brainad.cli.results import VOLUME_MAPS_NAME
 from brainad.data.dicom import group_series, read_series
 from brainad.data.preprocess import restore_map
@@ -133,21 +134,34 @@ def score_volumes(
         log.warning("%d volume files quarantined: %s", len(rows), NO_VOLUME_SETTINGS)
         session.writer.write(rows)
         return Counter({"quarantined": len(rows), "row quarantined": len(rows)})
-    for entry in volume_inputs(volumes, dicom, config):
-        rows = [entry] if isinstance(entry, dict) else _score_one(engine, session, entry, config)
-        if rows is None:  # --resume: counted as it was recorded
-            known = session.previous.first_path.get(entry.sha256)
-            outcomes["already recorded"] += 1
-            outcomes["quarantined" if known and known.status == "quarantined" else "scored"] += 1
-            continue
-        status = rows[-1]["status"]
-        outcomes["scored" if status == "scored" else "quarantined"] += 1
-        outcomes[f"volume {status}"] += 1
-        outcomes["slices scored"] += sum(r["level"] == "slice" for r in rows)
-        outcomes["slices flagged"] += sum(r["level"] == "slice" and r["prediction"] for r in rows)
-        if status == "quarantined":
-            log.warning("%s: quarantined: %s", rows[-1]["path"], rows[-1]["reason"])
-        session.writer.write(rows)
+    entries = volume_inputs(volumes, dicom, config)
+    with progress_bar() as progress:
+        task = progress.add_task("volumes", total=len(entries))
+        for entry in entries:
+            outcomes += _record(engine, session, entry, config)
+            progress.advance(task)
+    return outcomes
+
+
+def _record(
+    engine: Engine, session: Session, entry: VolumeInput | dict, config: VolumeConfig
+) -> Counter[str]:
+    """Score one volume (or write its quarantine row); its outcomes."""
+    outcomes: Counter[str] = Counter()
+    rows = [entry] if isinstance(entry, dict) else _score_one(engine, session, entry, config)
+    if rows is None:  # --resume: counted as it was recorded
+        known = session.previous.first_path.get(entry.sha256)
+        outcomes["already recorded"] += 1
+        outcomes["quarantined" if known and known.status == "quarantined" else "scored"] += 1
+        return outcomes
+    status = rows[-1]["status"]
+    outcomes["scored" if status == "scored" else "quarantined"] += 1
+    outcomes[f"volume {status}"] += 1
+    outcomes["slices scored"] += sum(r["level"] == "slice" for r in rows)
+    outcomes["slices flagged"] += sum(r["level"] == "slice" and r["prediction"] for r in rows)
+    if status == "quarantined":
+        log.warning("%s: quarantined: %s", rows[-1]["path"], rows[-1]["reason"])
+    session.writer.write(rows)
     return outcomes
 
 

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,12 +66,15 @@ class Problem(NamedTuple):
 
 
 def looks_like_dicom(path: Path) -> bool:
-    """A DICOM suffix, or the ``DICM`` magic at byte 128 (files without a suffix)."""
+    """A DICOM suffix, or the ``DICM`` magic at byte 128 (regular files without a suffix; a fifo
+    or device is never opened)."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     if path.suffix:
         return False
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as handle:
             return handle.read(132)[128:] == b"DICM"
     except OSError:

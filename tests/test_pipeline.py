@@ -69,16 +69,18 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.fixture(scope="module")
-def micro_repo(tmp_path_factory) -> tuple[Path, dict]:
-    repo = tmp_path_factory.mktemp("micro")
+def scratch_repo(repo: Path, studies: dict) -> dict:
+    """A git + DVC repository at ``repo`` with this project's stages, src and dvc.yaml, and its
+    params.yaml with ``studies`` (section overrides over ``{}`` for every section) as the only
+    studies; returns the environment to run DVC in."""
     shutil.copytree(ROOT / "stages", repo / "stages")
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    demo = {section: {} for section in params["defaults"]}
-    demo.update(MICRO)
-    params["studies"] = {"demo": demo}
+    params["studies"] = {
+        name: {**{section: {} for section in params["defaults"]}, **overrides}
+        for name, overrides in studies.items()
+    }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text("/data/\n/models/\n")
     env = {
@@ -88,23 +90,16 @@ def micro_repo(tmp_path_factory) -> tuple[Path, dict]:
         "DVC_NO_ANALYTICS": "1",
     }
     run(["git", "init", "-q"], repo, env)
-    run(
-        [
-            "git",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "user.name=t",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "init",
-        ],
-        repo,
-        env,
-    )
+    commit = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q"]
+    run([*commit, "--allow-empty", "-m", "init"], repo, env)
     run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def micro_repo(tmp_path_factory) -> tuple[Path, dict]:
+    repo = tmp_path_factory.mktemp("micro")
+    env = scratch_repo(repo, {"demo": MICRO})
     run([sys.executable, "-m", "dvc", "repro", "evaluate@demo"], repo, env)
     return repo, env
 

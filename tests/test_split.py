@@ -243,3 +243,46 @@ def test_demo_hash_distance_finds_every_planted_phantom_duplicate(tmp_path: Path
     for pair in pairs:
         assert clusters.ids[index[pair["source"]]] == clusters.ids[index[pair["copy"]]], pair
     assert len(set(clusters.ids.tolist())) == len(manifest.rows) - len(pairs)
+
+
+# ------------------------------------------------------------------------------- subjects
+def subject_rows(n_subjects: int, n_slices: int, label: str, seed: int) -> list[dict]:
+    """``n_slices`` distinct slices (random hashes) of each of ``n_subjects`` subjects."""
+    rows = fake_rows(n_subjects * n_slices, label, seed, prefix="Volumes/")
+    for i, row in enumerate(rows):
+        row.update(subject=f"{label}-{i // n_slices}", slice=i % n_slices)
+    return rows
+
+
+def test_slices_of_a_subject_never_cross_splits_and_are_all_kept() -> None:
+    rows = subject_rows(12, 5, "healthy", seed=21) + subject_rows(4, 5, "anomaly", seed=22)
+    clusters = cluster_duplicates(rows, CONFIG.hash_distance)
+    assert len(set(clusters.ids.tolist())) == len(rows)  # distinct slices: singleton clusters
+    result = split_by_cluster(rows, clusters, CONFIG)  # keep: representative
+    splits: dict[str, set[str]] = defaultdict(set)
+    for row, split in zip(rows, result.assignment, strict=True):
+        splits[row["subject"]].add(split)
+    assert all(len(s) == 1 for s in splits.values())
+    assert {s for v in splits.values() for s in v} >= {"train", "test"}
+    assert "duplicate" not in result.assignment  # one per duplicate cluster, not per subject
+    report = split_report(rows, clusters, result, CONFIG.hash_distance)
+    assert report["subjects"] == 16 and report["cross_split_subjects"] == 0
+
+
+def test_subjects_joined_by_a_near_duplicate_share_a_split() -> None:
+    rows = subject_rows(2, 3, "healthy", seed=23)
+    rows[4]["phash"] = rows[0]["phash"]  # a slice of subject 1 duplicates one of subject 0
+    clusters = cluster_duplicates(rows, CONFIG.hash_distance)
+    assert len(set(clusters.groups.tolist())) == 1
+    result = split_by_cluster(rows, clusters, ALL)
+    assert len(set(result.assignment)) == 1
+
+
+def test_a_subject_in_two_splits_is_refused_by_the_report() -> None:
+    rows = subject_rows(3, 2, "healthy", seed=24)
+    clusters = cluster_duplicates(rows, CONFIG.hash_distance)
+    result = split_by_cluster(rows, clusters, ALL)
+    moved = list(result.assignment)
+    moved[1] = next(s for s in ("train", "val", "test") if s != moved[0])
+    with pytest.raises(LeakError, match="subject"):
+        split_report(rows, clusters, result._replace(assignment=moved), CONFIG.hash_distance)

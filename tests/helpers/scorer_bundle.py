@@ -47,9 +47,15 @@ def micro_config():
     )
 
 
-def write_bundle(path: Path, threshold: float = 0.0, seed: int = 0) -> Path:
-    """Write a micro scorer bundle to ``path``; standardisation statistics 0/1 (raw scores)."""
+def write_bundle(
+    path: Path, threshold: float = 0.0, seed: int = 0, volume: dict | None = None
+) -> Path:
+    """Write a micro scorer bundle to ``path``; standardisation statistics 0/1 (raw scores);
+    ``volume`` overrides keys of the study's volume settings."""
     config = micro_config()
+    config = dataclasses.replace(
+        config, volume=dataclasses.replace(config.volume, **(volume or {}))
+    )
     torch.manual_seed(seed)
     model = VQGAN(config.vqgan.model, config.perceptual, IMAGE_SIZE)
     names = active_components(config.score)
@@ -58,7 +64,7 @@ def write_bundle(path: Path, threshold: float = 0.0, seed: int = 0) -> Path:
     )
     meta = {"study": "test", "model": "vqgan", "epoch": 0, "note": "untrained test bundle"}
     bundle = ScorerBundle(
-        model, calibration, config.score, config.preprocess, config.perceptual, meta
+        model, calibration, config.score, config.preprocess, config.perceptual, meta, config.volume
     )
     save_scorer(path, bundle)
     return path

@@ -248,6 +248,7 @@ def _reword(reason: str) -> str:
 def _classify(session: Session, f: Inspected, accepted: dict, reasons: dict) -> dict | None:
     """The row of one file (``None``: already recorded), with ``_outcome`` and ``_slot``."""
     row: dict[str, Any] = {"path": f.item.shown, "target": shown(f.item.target or "")}
+    row["level"] = "image"
     row["sha256"] = f.sha256
     if f.problem:
         return _quarantine(session, row, f.problem)

@@ -6,7 +6,6 @@ its value) and what to do; the command exits 2 without a traceback (``--debug`` 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -17,6 +16,7 @@ from typing import Any
 
 from brainad.cli.inputs import file_kind, inside, shown
 from brainad.cli.results import CSV_NAME, folder_state
+from brainad.utils import file_sha256
 
 BUNDLE_HINT = "pass the scorer bundle the evaluate stage writes (models/<study>/scorers/<model>.pt)"
 MISSING_HINT = "run `dvc pull` or `dvc repro evaluate@<study>` to make it, or check the path"
@@ -74,15 +74,6 @@ def _check_cuda(text: str, device: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------- model
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_model_file(path: Path) -> str:
     """Refuse a ``--model`` that cannot be a scorer bundle before loading it; returns its sha256.
 

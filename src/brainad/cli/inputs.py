@@ -6,7 +6,9 @@ Rules (README, "Scoring new scans"):
   the current folder); a failure is a :class:`InputError` listing every bad input;
 * a file named directly is always considered; its type is checked when it is scored (a GIF or a
   ``.txt`` becomes a quarantine row, nothing is skipped silently);
-* a folder is searched recursively for the study's image types (:data:`IMAGE_SUFFIXES`); other
+* a folder is searched recursively for the study's image types (:data:`IMAGE_SUFFIXES`), NIfTI
+  volumes (``.nii``, ``.nii.gz``) and DICOM files (``.dcm``/``.dicom``/``.ima``, or no suffix and
+  the ``DICM`` magic; grouped into series when they are scored); other
   files, hidden entries (``.name``) and macOS metadata (``__MACOSX``, ``._name``) are skipped and
   counted, folder symlinks are followed once (a loop or a second path to the same folder is
   reported and not walked again), an unreadable subfolder, a broken symlink or a fifo with an
@@ -29,7 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from brainad.data.dicom import looks_like_dicom
 from brainad.data.imageio import IMAGE_SUFFIXES
+from brainad.data.volumes import is_nifti
 
 log = logging.getLogger("brainad")
 
@@ -66,12 +70,21 @@ class Collected(NamedTuple):
         skipped: entries not considered, by reason (``{"not an image type (.txt)": 3, ...}``).
         empty_folders: named folders in which no image file was found.
         repeated: paths named more than once (scored once).
+        volumes: NIfTI files (``.nii``, ``.nii.gz``).
+        dicom: DICOM files (grouped into series by ``SeriesInstanceUID`` when scored).
     """
 
     items: list[Item]
     skipped: Counter[str]
     empty_folders: list[str]
     repeated: int
+    volumes: list[Item] = []
+    dicom: list[Item] = []
+
+    @property
+    def count(self) -> int:
+        """Files found: 2-D images, NIfTI files and DICOM files."""
+        return len(self.items) + len(self.volumes) + len(self.dicom)
 
 
 def shown(path: str | os.PathLike[str]) -> str:
@@ -119,6 +132,8 @@ class _Walker:
 
     def __init__(self, exclude: Sequence[Path]) -> None:
         self.items: list[Item] = []
+        self.volumes: list[Item] = []
+        self.dicom: list[Item] = []
         self.skipped: Counter[str] = Counter()
         self.seen_paths: set[str] = set()
         self.seen_dirs: dict[tuple[int, int], str] = {}
@@ -126,7 +141,13 @@ class _Walker:
         self.excluded_real = [os.path.realpath(p) for p in exclude]
         self.repeated = 0
 
-    def add(self, shown_path: str, path: str, problem: str = "") -> None:
+    @property
+    def found(self) -> int:
+        return len(self.items) + len(self.volumes) + len(self.dicom)
+
+    def add(self, shown_path: str, path: str, problem: str = "", kind: str = "") -> None:
+        """Record a file; ``kind``: ``image``, ``nifti`` or ``dicom`` (``""``: by its name and,
+        without a suffix, its first bytes)."""
         absolute = os.path.normpath(os.path.abspath(path))
         if absolute in self.seen_paths:
             self.repeated += 1
@@ -136,7 +157,9 @@ class _Walker:
             self.skipped["the --out folder (never scored)"] += 1
             return
         self.seen_paths.add(absolute)
-        self.items.append(Item(shown_path, Path(path), real if real != absolute else "", problem))
+        item = Item(shown_path, Path(path), real if real != absolute else "", problem)
+        kind = kind or _kind(Path(path))
+        {"nifti": self.volumes, "dicom": self.dicom}.get(kind, self.items).append(item)
 
     def walk(self, top: str) -> None:
         """Depth first, files of a folder (sorted) before its subfolders (sorted)."""
@@ -187,11 +210,19 @@ class _Walker:
         except OSError:
             pass
         suffix = os.path.splitext(name)[1].lower()
-        if suffix not in IMAGE_SUFFIXES:
+        kind = "image" if suffix in IMAGE_SUFFIXES else _kind(Path(entry.path))
+        if kind == "image" and suffix not in IMAGE_SUFFIXES:
             self.skipped[f"not an image type ({suffix or 'no suffix'})"] += 1
             return False
-        self.add(shown(entry.path), entry.path, _entry_problem(entry))
+        self.add(shown(entry.path), entry.path, _entry_problem(entry), kind)
         return False
+
+
+def _kind(path: Path) -> str:
+    """``nifti``, ``dicom`` or ``image`` (everything else: its type is checked when scored)."""
+    if is_nifti(path.name):
+        return "nifti"
+    return "dicom" if looks_like_dicom(path) else "image"
 
 
 def _entry_problem(entry: os.DirEntry[str]) -> str:
@@ -238,11 +269,13 @@ def collect(inputs: Sequence[str], exclude: Sequence[Path] = ()) -> Collected:
                 f"input {shown(raw)}: folder cannot be listed ({exc.strerror or exc}); "
                 "check its permissions"
             ) from None
-        before = len(walker.items)
+        before = walker.found
         walker.walk(raw)
-        if len(walker.items) == before:
+        if walker.found == before:
             empty.append(shown(raw))
-    return Collected(walker.items, walker.skipped, empty, walker.repeated)
+    return Collected(
+        walker.items, walker.skipped, empty, walker.repeated, walker.volumes, walker.dicom
+    )
 
 
 # ------------------------------------------------------------------- per-file checks
@@ -290,7 +323,7 @@ def _sha256(path: Path) -> str:
 def _unsupported(suffix: str) -> str:
     return (
         f"unsupported file type {suffix or '(no suffix)'!r} (brainad scores the study's formats: "
-        f"{', '.join(IMAGE_SUFFIXES)}); convert it to PNG to score it"
+        f"{', '.join(IMAGE_SUFFIXES)}, NIfTI .nii/.nii.gz and DICOM); convert it to PNG to score it"
     )
 
 

@@ -42,6 +42,14 @@ def log_summary(outcomes: Counter[str], out: Path, status: int) -> None:
         outcomes["already recorded"],
         out / CSV_NAME,
     )
+    if outcomes["volume scored"] or outcomes["volume quarantined"]:
+        log.info(
+            "volumes: %d scored (%d slices), %d quarantined → %s",
+            outcomes["volume scored"],
+            outcomes["slices scored"],
+            outcomes["volume quarantined"],
+            out / CSV_NAME,
+        )
     if status == 1:
         log.warning("exit status 1: some files were quarantined (reasons in %s)", out / CSV_NAME)
     elif status == 2:
@@ -100,4 +108,7 @@ def report_collection(found: Collected) -> None:
         parts = ", ".join(f"{reason}: {n}" for reason, n in sorted(found.skipped.items()))
         log.info("not considered inside the folders: %s", parts)
     for folder in found.empty_folders:
-        log.warning("input folder %s: no image files (.jpg, .png, .bmp, .tif) in it", folder)
+        log.warning(
+            "input folder %s: no image files (.jpg, .png, .bmp, .tif), NIfTI or DICOM files in it",
+            folder,
+        )

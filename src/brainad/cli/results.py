@@ -29,8 +29,11 @@ RUN_FORMAT = "brainad-score-run/1"
 CSV_NAME = "scores.csv"
 RUN_NAME = "run.json"
 MAPS_NAME = "heatmaps"
+VOLUME_MAPS_NAME = "maps"  # NIfTI maps and top-slice PNGs of volumes
 STATUSES = ("scored", "quarantined", "duplicate")
-_OURS = (CSV_NAME, RUN_NAME, MAPS_NAME)
+LEVELS = ("image", "slice", "volume")
+VOLUME_COLUMNS = ("level", "volume", "slice", "top_k_mean", "map")
+_OURS = (CSV_NAME, RUN_NAME, MAPS_NAME, VOLUME_MAPS_NAME)
 
 
 class ResultsError(ValueError):
@@ -38,7 +41,8 @@ class ResultsError(ValueError):
 
 
 def columns(components: Sequence[str]) -> list[str]:
-    """The header of ``scores.csv`` for a model with these score ``components``."""
+    """The header of ``scores.csv`` for a model with these score ``components``: the 2-D columns,
+    then :data:`VOLUME_COLUMNS` (``level``: image | slice | volume; see the README)."""
     return [
         "path",
         "target",
@@ -51,6 +55,7 @@ def columns(components: Sequence[str]) -> list[str]:
         "fallback",
         *[f"component_{c}" for c in components],
         "duplicate_of",
+        *VOLUME_COLUMNS,
     ]
 
 
@@ -121,17 +126,20 @@ def folder_state(out: Path) -> str:
 
 def clear_ours(out: Path) -> None:
     """Delete a previous run's ``scores.csv``, ``run.json`` and ``heatmaps/`` (``--overwrite``);
-    refuses if ``heatmaps/`` holds anything but PNG files, so no user file is ever deleted."""
-    maps = out / MAPS_NAME
-    if maps.is_dir():
-        strays = [p.name for p in maps.iterdir() if not (p.is_file() and p.suffix == ".png")]
+    refuses if ``heatmaps/`` or ``maps/`` hold anything but PNG (and NIfTI map) files, so no user
+    file is ever deleted."""
+    for name, suffixes in ((MAPS_NAME, (".png",)), (VOLUME_MAPS_NAME, (".png", "_map.nii.gz"))):
+        maps = out / name
+        if not maps.is_dir():
+            continue
+        strays = [p.name for p in maps.iterdir() if not (p.is_file() and p.name.endswith(suffixes))]
         if strays:
             raise ResultsError(
                 f"--out {out}: {maps} holds files brainad did not write ({strays[:3]}); "
                 "move them away or choose a new --out"
             )
-        for png in maps.iterdir():
-            png.unlink()
+        for picture in maps.iterdir():
+            picture.unlink()
         maps.rmdir()
     for name in (CSV_NAME, RUN_NAME):
         (out / name).unlink(missing_ok=True)
@@ -345,10 +353,11 @@ def cell(value: Any) -> str:
 
 
 def iter_scored(path: Path, limit: int) -> Iterator[dict[str, str]]:
-    """Rows with status ``scored`` among the first ``limit`` rows of ``scores.csv`` (streamed)."""
+    """Rows of 2-D images with status ``scored`` among the first ``limit`` rows of
+    ``scores.csv`` (streamed; slice and volume rows have their own maps)."""
     with open(path, encoding="utf-8", newline="") as handle:
         for number, row in enumerate(csv.DictReader(handle)):
             if number >= limit:
                 return
-            if row.get("status") == "scored":
+            if row.get("status") == "scored" and row.get("level", "image") == "image":
                 yield row

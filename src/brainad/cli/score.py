@@ -40,10 +40,12 @@ from brainad.cli.checks import (
 from brainad.cli.inputs import Collected, Item, check_inputs, collect, shown
 from brainad.cli.maps import MapsMode, parse_maps
 from brainad.cli.results import CSV_NAME
+from brainad.cli.volumes import score_volumes
 from brainad.utils import console
 
 if TYPE_CHECKING:
     from brainad.data.arrays import PreprocessOutput
+    from brainad.data.preprocess import Preprocessed
     from brainad.scoring.bundle import ScorerBundle
     from brainad.scoring.detector import ScoredImages
 
@@ -62,12 +64,15 @@ class Engine(NamedTuple):
         components: score components the bundle computes (the CSV's ``component_*`` columns).
         prepare: ``(root, rows) -> PreprocessOutput``: read, verify sha256, decode, preprocess.
         score: ``(images, masks, keep_maps) -> ScoredImages``: components, score, prediction.
+        prepare_slice: ``(gray) -> Preprocessed``: one decoded slice in [0, 1] (a volume's
+            windowed axial slice) through the same ``preprocess_slice`` as every image.
     """
 
     bundle: ScorerBundle
     components: tuple[str, ...]
     prepare: Callable[[Path, list[dict]], PreprocessOutput]
     score: Callable[[np.ndarray, np.ndarray, bool], ScoredImages]
+    prepare_slice: Callable[[np.ndarray], Preprocessed]
 
 
 def load_engine(model: Path, device: Any) -> Engine:
@@ -75,6 +80,7 @@ def load_engine(model: Path, device: Any) -> Engine:
     ``score_images`` (the one detector engine evaluation uses, so CLI scores equal evaluation
     scores)."""
     from brainad.data.arrays import preprocess_files
+    from brainad.data.preprocess import preprocess_slice
     from brainad.scoring.bundle import load_scorer
     from brainad.scoring.detector import score_images
     from brainad.scoring.gan import active_components
@@ -88,7 +94,11 @@ def load_engine(model: Path, device: Any) -> Engine:
     def score(images: np.ndarray, masks: np.ndarray, keep_maps: bool) -> ScoredImages:
         return score_images(detector, bundle.calibration, images, masks, keep_maps=keep_maps)
 
-    return Engine(bundle, tuple(active_components(bundle.score)), prepare, score)
+    def prepare_slice(gray: np.ndarray) -> Preprocessed:
+        return preprocess_slice(gray, bundle.preprocess)
+
+    components = tuple(active_components(bundle.score))
+    return Engine(bundle, components, prepare, score, prepare_slice)
 
 
 def open_engine(model: Path, device: Any) -> Engine:
@@ -200,12 +210,20 @@ def _check_and_collect(args: argparse.Namespace) -> tuple[Engine, Collected, str
     with console().status("looking for image files in the inputs"):
         found = collect(args.inputs, exclude=[args.out])
     score_report.report_collection(found)
-    if not found.items:
+    if not found.count:
         raise ScoreError(
-            f"no image files (.jpg, .jpeg, .png, .bmp, .tif, .tiff) in the inputs "
-            f"{[shown(i) for i in args.inputs]}; check the paths"
+            f"no image files (.jpg, .jpeg, .png, .bmp, .tif, .tiff), NIfTI volumes (.nii, .nii.gz)"
+            f" or DICOM files in the inputs {[shown(i) for i in args.inputs]}; check the paths"
         )
-    log.info("scoring %d files with %s on %s → %s", len(found.items), args.model, device, args.out)
+    log.info(
+        "scoring %d image files, %d NIfTI files and %d DICOM files with %s on %s → %s",
+        len(found.items),
+        len(found.volumes),
+        len(found.dicom),
+        args.model,
+        device,
+        args.out,
+    )
     return engine, found, model_sha256
 
 
@@ -218,7 +236,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     quiet = score_report.LibraryQuarantines()
     log.addFilter(quiet)
     try:
-        outcomes = score_all(engine, found.items, session)
+        outcomes = score_all(engine, found.items, session) if found.items else Counter()
+        outcomes += score_volumes(engine, session, found.volumes, found.dicom)
     except KeyboardInterrupt:
         score_batch.close_session(session, Counter(), interrupted=True)
         log.error(

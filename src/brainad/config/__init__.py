@@ -31,6 +31,7 @@ from brainad.config.sections import (
     SplitConfig,
     StudyConfig,
     ThresholdConfig,
+    VolumeConfig,
     VQGANConfig,
     VQGANStudyConfig,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "SplitConfig",
     "StudyConfig",
     "ThresholdConfig",
+    "VolumeConfig",
     "VQGANConfig",
     "VQGANStudyConfig",
     "from_dict",

@@ -27,7 +27,8 @@ class SourceConfig:
 
     Args:
         kind: ``synthetic`` (embedded phantom), ``archive`` (zip/tar by path or http/https/file URL),
-            ``folder`` (a directory in the Kaggle layout) or ``kaggle`` (kagglehub download).
+            ``folder`` (a directory in the Kaggle layout), ``kaggle`` (kagglehub download) or
+            ``nifti`` (a folder ``healthy/<subject>.nii.gz``, ``anomalous/<subject>.nii.gz``).
         uri: archive path/URL, folder path or Kaggle slug; ignored for ``synthetic``.
         sha256: expected archive checksum (hex); empty means "not pinned" (a warning is logged).
         max_members: refuse archives with more members than this (zip-bomb guard).
@@ -37,7 +38,7 @@ class SourceConfig:
             size (zip-bomb guard; data under 1 MiB are never refused by ratio).
     """
 
-    kind: Literal["synthetic", "archive", "folder", "kaggle"]
+    kind: Literal["synthetic", "archive", "folder", "kaggle", "nifti"]
     uri: str
     sha256: str
     max_members: int
@@ -122,6 +123,31 @@ class PreprocessConfig:
     normalisation: Literal["thesis", "percentile", "zscore"]
     percentiles: tuple[float, float]
     max_pixels: int
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    """Axial slices of 3-D volumes (NIfTI, DICOM series) for ``brainad score`` and the ``nifti``
+    source.
+
+    Args:
+        slices: ``brain`` (every axial slice whose head region covers ``min_brain_fraction`` of
+            it) or ``central`` (the ``central_n`` slices around the middle of the head).
+        central_n: slices taken with ``central``.
+        min_brain_fraction: head-region fraction a slice needs with ``brain``.
+        window_percentiles: per-slice intensity window [low, high] (percentiles of the slice),
+            mapped to [0, 1] like a decoded 2-D image.
+        take_first_volume: a 4-D volume is scored by its first 3-D volume (else refused).
+        top_k: a volume's score is also reported as the mean of its ``top_k`` highest slice
+            scores; its ``top_k`` most anomalous slices get PNG overlays.
+    """
+
+    slices: Literal["brain", "central"]
+    central_n: int
+    min_brain_fraction: float
+    window_percentiles: tuple[float, float]
+    take_first_volume: bool
+    top_k: int
 
 
 @dataclass(frozen=True)
@@ -406,6 +432,7 @@ class StudyConfig:
     filter: FilterConfig
     split: SplitConfig
     preprocess: PreprocessConfig
+    volume: VolumeConfig
     perceptual: PerceptualConfig
     vqgan: VQGANStudyConfig
     dcgan: DCGANStudyConfig

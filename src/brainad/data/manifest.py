@@ -2,7 +2,10 @@
 
 The raw data is laid out ``root/<folder>/<class>/<file>`` (the Kaggle layout: folders ``Training``
 and ``Testing``, classes ``glioma``, ``notumor``, ...); tumour masks, when a source provides them,
-live at ``root/masks/<folder>/<class>/<stem>.png``. :func:`build_manifest` walks that tree and
+live at ``root/masks/<folder>/<class>/<stem>.png``. Slices cut from 3-D volumes (the ``nifti``
+source) are listed in ``root/volumes.jsonl`` with their ``subject``, ``slice`` index and the
+volume's sha256; other rows have ``subject`` "", ``slice`` -1, ``volume_sha256`` "".
+:func:`build_manifest` walks that tree and
 records for every file of a class named in the filter its checksum, size, decoded geometry and a
 64-bit DCT perceptual hash (used by :mod:`brainad.data.split` to find near-duplicates).
 
@@ -45,8 +48,12 @@ MANIFEST_FIELDS: tuple[str, ...] = (
     "phash",
     "mask_path",
     "error",
+    "subject",
+    "slice",
+    "volume_sha256",
 )
 MASKS_DIR = "masks"
+VOLUMES_INDEX = "volumes.jsonl"  # slice file -> subject, slice, volume_sha256 (nifti source)
 LAYOUT = "root/<folder>/<class>/<image> (e.g. root/Training/notumor/1.jpg)"
 ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # non-UTF-8 file names round-trip
 
@@ -180,7 +187,7 @@ def _walk_class(folder: Path, class_dir: Path, label: str, walk: _Walk) -> None:
 
 def _walk(root: Path, filter: FilterConfig) -> _Walk:
     walk = _Walk(entries=[], excluded={}, warnings=[])
-    stray = _files(root)
+    stray = [p for p in _files(root) if p.name != VOLUMES_INDEX]
     if stray:
         walk.warnings.append(f"{root}: {len(stray)} file(s) directly in the root ignored")
     seen_classes: set[str] = set()
@@ -220,6 +227,9 @@ def _empty_row(root: Path, entry: _Entry) -> dict:
         "phash": "",
         "mask_path": mask_path,
         "error": entry.error,
+        "subject": "",
+        "slice": -1,
+        "volume_sha256": "",
     }
 
 
@@ -285,6 +295,7 @@ def build_manifest(root: Path, filter: FilterConfig, max_pixels: int) -> Manifes
         )
     ]
     rows.sort(key=lambda row: row["path"])
+    _add_volume_index(root, rows)
     for warning in walk.warnings:
         log.warning(warning)
     n_errors = sum(1 for row in rows if row["error"])
@@ -295,6 +306,26 @@ def build_manifest(root: Path, filter: FilterConfig, max_pixels: int) -> Manifes
         walk.excluded or "none",
     )
     return Manifest(rows, dict(sorted(walk.excluded.items())), walk.warnings, fingerprint(rows))
+
+
+def _add_volume_index(root: Path, rows: list[dict]) -> None:
+    """``subject``, ``slice``, ``volume_sha256`` of slices listed in ``root/volumes.jsonl``."""
+    index = root / VOLUMES_INDEX
+    if not index.is_file():
+        return
+    known = {}
+    for line in index.read_text(**ENCODING).splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            known[entry["path"]] = entry
+    for row in rows:
+        entry = known.get(row["path"])
+        if entry is not None:
+            row.update(
+                subject=entry["subject"],
+                slice=int(entry["slice"]),
+                volume_sha256=entry["volume_sha256"],
+            )
 
 
 # ---------------------------------------------------------------------------------------- io

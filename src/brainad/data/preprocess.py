@@ -70,6 +70,8 @@ class Preprocessed(NamedTuple):
         extra: the extra masks (e.g. tumour ground truth) under the same crop/resize, bool (S, S).
         fallback: True if extraction failed and the uncropped slice was used.
         coverage: brain-mask fraction of the original slice (of the head mask on fallback).
+        box: ``(top, bottom, left, right)`` of the original slice that was padded to a square
+            and resized (the whole slice on fallback); :func:`restore_map` undoes it.
     """
 
     image: np.ndarray
@@ -77,6 +79,7 @@ class Preprocessed(NamedTuple):
     extra: list[np.ndarray]
     fallback: bool
     coverage: float
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 class _Work(NamedTuple):
@@ -322,6 +325,7 @@ def preprocess_slice(
     gray = _check_gray(gray)
     extras = _check_extra(extra_masks, gray.shape)
     extraction = extract_brain(gray, config)
+    box = _Box(0, gray.shape[0], 0, gray.shape[1])
     if extraction.ok:
         mask, coverage = extraction.mask, extraction.coverage
         box = _crop_box(mask, config.crop_margin)
@@ -342,7 +346,24 @@ def preprocess_slice(
         extra=extra_out,
         fallback=not extraction.ok,
         coverage=coverage,
+        box=tuple(int(b) for b in box),
     )
+
+
+def restore_map(values: np.ndarray, box: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+    """Undo :func:`preprocess_slice`'s geometry for a map ``values`` (S, S) of its output: resize
+    (linear) to the padded square, drop the padding, place the crop ``box`` into a zero float32
+    array of the original slice ``shape``."""
+    top, bottom, left, right = (int(b) for b in box)
+    height, width = bottom - top, right - left
+    side = max(height, width)
+    square = cv2.resize(
+        np.asarray(values, np.float32), (side, side), interpolation=cv2.INTER_LINEAR
+    )
+    pad_top, pad_left = (side - height) // 2, (side - width) // 2
+    out = np.zeros(shape, np.float32)
+    out[top:bottom, left:right] = square[pad_top : pad_top + height, pad_left : pad_left + width]
+    return out
 
 
 # --------------------------------------------------------------------------- normalisation

@@ -6,7 +6,9 @@ Four kinds of source (``source.kind`` in ``params.yaml``):
 * ``archive`` — a zip/tar by local path, ``file://`` or ``http(s)://`` URL; downloads resume, are
   retried and are verified against ``source.sha256``; extraction refuses unsafe members;
 * ``folder`` — a directory in the Kaggle layout, copied (the user's files are never modified);
-* ``kaggle`` — ``kagglehub.dataset_download(slug)``, then as ``folder``.
+* ``kaggle`` — ``kagglehub.dataset_download(slug)``, then as ``folder``;
+* ``nifti`` — a local folder of NIfTI volumes, sliced into ``Volumes/<class>/`` by
+  :mod:`brainad.data.volume_source`.
 
 ``dest`` is filled in a temporary sibling and swapped in only when complete, so a failure never
 leaves a half-filled (or half-replaced) ``dest``. The provenance record never contains credentials:
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from brainad.config import PhantomConfig, SourceConfig
+from brainad.config import PhantomConfig, SourceConfig, VolumeConfig
 from brainad.data.archive import (  # noqa: F401 (safe_extract: part of this module's API)
     SPLITS,
     _count_files,
@@ -35,6 +37,7 @@ from brainad.data.archive import (  # noqa: F401 (safe_extract: part of this mod
 )
 from brainad.data.fetch import _fetch, fetch, redact_uri  # noqa: F401 (fetch: API)
 from brainad.data.phantom import write_phantom_dataset
+from brainad.data.volume_source import acquire_nifti
 
 log = logging.getLogger("brainad")
 
@@ -62,9 +65,14 @@ class AcquireResult(NamedTuple):
 
 # ------------------------------------------------------------------------------------- acquire
 def acquire(
-    source: SourceConfig, phantom: PhantomConfig, dest: Path, download_dir: Path
+    source: SourceConfig,
+    phantom: PhantomConfig,
+    dest: Path,
+    download_dir: Path,
+    volume: VolumeConfig | None = None,
 ) -> AcquireResult:
-    """Fill ``dest`` from ``source``; ``dest`` is replaced only once the new content is complete.
+    """Fill ``dest`` from ``source``; ``dest`` is replaced only once the new content is complete
+    (``volume``: how the ``nifti`` source slices volumes; required for it).
 
     Raises:
         ValueError: bad ``source`` values, a checksum mismatch, an unsafe archive or a folder that is
@@ -76,6 +84,7 @@ def acquire(
         "archive": _acquire_archive,
         "folder": _acquire_folder,
         "kaggle": _acquire_kaggle,
+        "nifti": lambda source, _, staged, __: _acquire_nifti(source, volume, staged),
     }
     if source.kind not in acquirers:
         raise ValueError(f"source.kind: {source.kind!r} is not one of {sorted(acquirers)}")
@@ -84,7 +93,9 @@ def acquire(
     try:
         staged = work / "data"
         details = acquirers[source.kind](source, phantom, staged, Path(download_dir))
-        n_files = sum(_count_files(staged / split) for split in SPLITS)
+        n_files = details.pop("n_files", None)
+        if n_files is None:
+            n_files = sum(_count_files(staged / split) for split in SPLITS)
         _replace_dir(staged, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -129,6 +140,12 @@ def _acquire_folder(
     if not source.uri:
         raise ValueError("source.uri: empty; set it to the folder in the Kaggle layout")
     return {"rejected": copy_layout(Path(source.uri).expanduser(), staged)}
+
+
+def _acquire_nifti(source: SourceConfig, volume: VolumeConfig | None, staged: Path) -> dict:
+    if volume is None:
+        raise ValueError("source.kind 'nifti' needs the study's volume settings (acquire(volume=))")
+    return acquire_nifti(source, volume, staged)
 
 
 def _acquire_kaggle(

@@ -3,7 +3,10 @@
 Two files are near-duplicates when their bytes are equal (sha256) or their 64-bit perceptual
 hashes differ in at most ``hash_distance`` bits; clusters are the connected components of that
 relation. Whole clusters are assigned to a split, so no image in test has a twin in train (the
-official Training/Testing folders of the real dataset leak exactly this way).
+official Training/Testing folders of the real dataset leak exactly this way). Slices of one
+subject (manifest ``subject``, e.g. the axial slices of one NIfTI volume: adjacent slices are
+near-duplicates) form one *group* with every cluster they touch: groups, not slices, are assigned,
+so no subject is in two splits (checked and reported: ``cross_split_subjects``).
 
 The assignment of a cluster depends only on the split seed and the smallest sha256 of its members,
 hashed to [0, 1): adding files to the dataset does not move existing clusters to another split.
@@ -47,10 +50,13 @@ class Clusters(NamedTuple):
     Args:
         ids: int cluster id per row (in row order), numbered 0..K-1 by first appearance.
         pairs: number of near-duplicate pairs (hamming <= hash_distance or same sha256).
+        groups: int split-group id per row: clusters joined through shared subjects (``None``:
+            the clusters themselves).
     """
 
     ids: np.ndarray
     pairs: int
+    groups: np.ndarray | None = None
 
 
 class SplitResult(NamedTuple):
@@ -140,7 +146,25 @@ def cluster_duplicates(rows: list[dict], hash_distance: int) -> Clusters:
         len(unique),
     )
     _warn_if_chained(np.bincount(ids) if len(rows) else np.zeros(1, np.int64), hash_distance)
-    return Clusters(ids=ids.astype(np.int64), pairs=int(len(pairs)))
+    ids = ids.astype(np.int64)
+    return Clusters(ids=ids, pairs=int(len(pairs)), groups=subject_groups(rows, ids))
+
+
+def subject_groups(rows: list[dict], ids: np.ndarray) -> np.ndarray:
+    """Split groups: duplicate clusters ``ids`` joined when they share a (non-empty) ``subject``,
+    numbered 0..G-1 by first row."""
+    parent = list(range(len(rows)))
+    first: dict[tuple[str, object], int] = {}
+    for i, row in enumerate(rows):
+        keys = [("cluster", int(ids[i]))]
+        if row.get("subject"):
+            keys.append(("subject", row["subject"]))
+        for key in keys:
+            root_i, root_j = _find(parent, i), _find(parent, first.setdefault(key, i))
+            if root_i != root_j:
+                parent[max(root_i, root_j)] = min(root_i, root_j)
+    roots = np.array([_find(parent, i) for i in range(len(rows))], dtype=np.int64)
+    return np.unique(roots, return_inverse=True)[1].astype(np.int64)
 
 
 def _warn_if_chained(sizes: np.ndarray, hash_distance: int) -> None:
@@ -159,8 +183,17 @@ def _warn_if_chained(sizes: np.ndarray, hash_distance: int) -> None:
 
 def cluster_members(clusters: Clusters) -> list[list[int]]:
     """Row indices of every cluster, indexed by cluster id."""
-    members: list[list[int]] = [[] for _ in range(int(clusters.ids.max(initial=-1)) + 1)]
-    for row, cluster in enumerate(clusters.ids):
+    return _members(clusters.ids)
+
+
+def group_members(clusters: Clusters) -> list[list[int]]:
+    """Row indices of every split group (clusters joined by subject), indexed by group id."""
+    return _members(clusters.ids if clusters.groups is None else clusters.groups)
+
+
+def _members(ids: np.ndarray) -> list[list[int]]:
+    members: list[list[int]] = [[] for _ in range(int(ids.max(initial=-1)) + 1)]
+    for row, cluster in enumerate(ids):
         members[int(cluster)].append(row)
     return members
 
@@ -217,18 +250,22 @@ def split_by_cluster(rows: list[dict], clusters: Clusters, config: SplitConfig) 
         raise ValueError(f"clusters cover {len(clusters.ids)} rows but there are {len(rows)} rows")
     assignment = ["quarantined"] * len(rows)
     representative = [False] * len(rows)
-    for members in cluster_members(clusters):
+    for members in group_members(clusters):
         usable = [i for i in members if not rows[i]["error"]]
         if not usable:
             continue
         labels = {rows[i]["label"] for i in usable}
         key = min(rows[i]["sha256"] for i in usable)
         split = _cluster_split(labels, stable_unit(config.seed, key), config)
-        chosen = _representative(rows, usable)
-        representative[chosen] = True
+        by_cluster: dict[int, list[int]] = defaultdict(list)
         for i in usable:
-            keep = split == "conflict" or config.keep == "all" or i == chosen
-            assignment[i] = split if keep else "duplicate"
+            by_cluster[int(clusters.ids[i])].append(i)
+        for cluster in by_cluster.values():
+            chosen = _representative(rows, cluster)
+            representative[chosen] = True
+            for i in cluster:
+                keep = split == "conflict" or config.keep == "all" or i == chosen
+                assignment[i] = split if keep else "duplicate"
     log.info("split: %s", dict(sorted(Counter(assignment).items())))
     return SplitResult(assignment, representative)
 
@@ -243,6 +280,15 @@ def cross_split_pairs(rows: list[dict], assignment: list[str], hash_distance: in
     )
     pairs = _self_pairs(rows, kept, hash_distance)
     return int(sum(assignment[i] != assignment[j] for i, j in pairs))
+
+
+def cross_split_subjects(rows: list[dict], assignment: list[str]) -> int:
+    """Subjects with kept slices in more than one split (0 means no subject leaks)."""
+    splits: dict[str, set[str]] = defaultdict(set)
+    for row, split in zip(rows, assignment, strict=True):
+        if row.get("subject") and split in SPLITS:
+            splits[row["subject"]].add(split)
+    return sum(len(s) > 1 for s in splits.values())
 
 
 # ------------------------------------------------------------------------------------- report
@@ -313,10 +359,17 @@ def split_report(
             f"{leak} near-duplicate pair(s) are in different splits; split whole clusters "
             "(split_by_cluster) instead of editing the assignment"
         )
+    subjects_leaking = cross_split_subjects(rows, result.assignment)
+    if subjects_leaking:
+        raise LeakError(
+            f"{subjects_leaking} subject(s) have slices in different splits; split whole subject "
+            "groups (split_by_cluster) instead of editing the assignment"
+        )
+    groups = clusters.ids if clusters.groups is None else clusters.groups
     conflicts: dict[int, list[int]] = defaultdict(list)
     for i, split in enumerate(result.assignment):
         if split == "conflict":
-            conflicts[int(clusters.ids[i])].append(i)
+            conflicts[int(groups[i])].append(i)
     totals = Counter(result.assignment)
     return {
         "n_rows": len(rows),
@@ -334,6 +387,8 @@ def split_report(
             if split == "quarantined"
         ],
         "cross_split_near_duplicate_pairs": leak,
+        "subjects": len({row["subject"] for row in rows if row.get("subject")}),
+        "cross_split_subjects": subjects_leaking,
         "official_split_leak": official_split_leak(rows, hash_distance),
     }
 

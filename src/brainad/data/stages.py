@@ -30,7 +30,7 @@ def run_prepare(
 ) -> dict:
     """Acquire the raw data, filter classes and write the manifest with the dataset fingerprint."""
 
-    result = acquire(config.source, config.phantom, raw_dir, download_dir)
+    result = acquire(config.source, config.phantom, raw_dir, download_dir, config.volume)
     manifest = manifest_lib.build_manifest(result.root, config.filter, config.preprocess.max_pixels)
     manifest_lib.write_manifest(manifest_path, manifest)
     errors = Counter(row["error"] for row in manifest.rows if row["error"])

@@ -90,7 +90,13 @@ def evaluate_model(
     save_scorer(
         scorer_path,
         ScorerBundle(
-            model, calibration, config.score, config.preprocess, config.perceptual, bundle_meta
+            model,
+            calibration,
+            config.score,
+            config.preprocess,
+            config.perceptual,
+            bundle_meta,
+            config.volume,
         ),
     )
     extra = payload.get("extra") or {}

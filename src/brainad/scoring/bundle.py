@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from brainad.config import PerceptualConfig, PreprocessConfig, ScoreConfig, from_dict, to_dict
+from brainad.config import (
+    PerceptualConfig,
+    PreprocessConfig,
+    ScoreConfig,
+    VolumeConfig,
+    from_dict,
+    to_dict,
+)
 from brainad.models.checkpoint import load_model, save_checkpoint
 from brainad.models.perceptual import build_perceptual
 from brainad.scoring.calibration import Calibration
@@ -46,6 +53,8 @@ class ScorerBundle:
         preprocess: the preprocessing settings of the study (the CLI applies the same).
         perceptual: the perceptual feature network settings.
         meta: provenance (study, model name, dataset fingerprint, source model file).
+        volume: how the study slices 3-D volumes (``None`` in bundles written before volume
+            support: such a bundle scores 2-D images only).
     """
 
     model: nn.Module
@@ -54,6 +63,7 @@ class ScorerBundle:
     preprocess: PreprocessConfig
     perceptual: PerceptualConfig
     meta: dict
+    volume: VolumeConfig | None = None
 
     def detector(self, device: torch.device) -> GANDetector:
         """The bundle's :class:`~brainad.scoring.gan.GANDetector` on ``device``."""
@@ -71,6 +81,8 @@ def save_scorer(path: Path, bundle: ScorerBundle) -> None:
         "perceptual": to_dict(bundle.perceptual),
         "meta": bundle.meta,
     }
+    if bundle.volume is not None:
+        extra["volume"] = to_dict(bundle.volume)
     save_checkpoint(path, bundle.model, epoch=int(bundle.meta.get("epoch", 0)), extra=extra)
 
 
@@ -90,4 +102,5 @@ def load_scorer(path: Path, device: torch.device | str = "cpu") -> ScorerBundle:
         preprocess=from_dict(PreprocessConfig, extra["preprocess"], "preprocess"),
         perceptual=from_dict(PerceptualConfig, extra["perceptual"], "perceptual"),
         meta=extra["meta"],
+        volume=from_dict(VolumeConfig, extra["volume"], "volume") if "volume" in extra else None,
     )

@@ -18,8 +18,15 @@ from brainad.config import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ROOT / "scripts" / "isa_probe.py"
-# An older CPU, as far as one machine can emulate it: oneDNN at SSE4.1, ATen without AVX2.
-OLD_CPU_CAPS = {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}
+# An older CPU, as far as one machine can emulate it: oneDNN at SSE4.1, ATen without AVX2, MKL
+# and glibc's libm without AVX/AVX2/FMA. The first two change unpinned weights; pinned mode never
+# uses their dispatched paths (it sets both itself), the last two survive pinning.
+OLD_CPU_CAPS = {
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
+    "ATEN_CPU_CAPABILITY": "default",
+    "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+    "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX",
+}
 
 
 def test_a_study_is_deterministic_when_every_fit_section_is() -> None:
@@ -116,7 +123,10 @@ def test_pinned_training_gives_identical_weights_under_different_isa_caps(tmp_pa
     assert pinned[0]["scores"] == pinned[1]["scores"] is not None
     for run in pinned:
         assert run["runtime"]["mode"] == "deterministic"
-        assert run["runtime"]["aten_cpu_capability"] == "DEFAULT" and run["runtime"]["threads"] == runtime.THREADS
+        assert (
+            run["runtime"]["aten_cpu_capability"] == "DEFAULT"
+            and run["runtime"]["threads"] == runtime.THREADS
+        )
 
 
 def test_checkpoints_record_the_runtime_and_a_weights_checksum(tmp_path: Path) -> None:

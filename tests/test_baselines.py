@@ -52,7 +52,7 @@ def config() -> EvaluateConfig:
         ci=0.95,
         pca_components=5,
         seed=0,
-        lesions=LesionConfig(1, (0.1, 0.1), (2.0, 2.0), 1.0, 0),
+        lesions=LesionConfig(1, (0.1, 0.1), (2.0, 2.0), 1.0, 0, 0.0),
     )
 
 

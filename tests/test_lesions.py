@@ -38,6 +38,7 @@ def config() -> LesionConfig:
         contrast_range=(1.5, 3.0),
         bright_fraction=0.5,
         seed=3,
+        in_range_fraction=0.0,  # offset lesions only; the in-range kinds have their own tests
     )
 
 
@@ -136,7 +137,7 @@ def test_lesion_on_tiny_brain_stays_inside() -> None:
     brains = np.zeros((1, 1, 32, 32), bool)
     brains[0, 0, 14:18, 14:18] = True  # far smaller than the lesion radius
     images[brains] = 0.0
-    config = LesionConfig(1, (0.2, 0.3), (2.0, 2.0), 1.0, 0)
+    config = LesionConfig(1, (0.2, 0.3), (2.0, 2.0), 1.0, 0, 0.0)
     out = implant_lesions(images, brains, config)
     assert out.masks.any() and not (out.masks & ~brains).any()
 
@@ -164,3 +165,60 @@ def test_bad_shapes_and_empty_brain_raise(config: LesionConfig) -> None:
     brains[1] = False
     with pytest.raises(ValueError, match="empty brain mask"):
         implant_lesions(images, brains, config)
+
+
+def test_in_range_lesions_keep_to_the_slice_intensities_and_every_kind_and_size_occurs(
+    config: LesionConfig,
+) -> None:
+    """Tissue and textured lesions never leave the slice's own brain intensity range (an
+    intensity statistic cannot see them by range alone); all four kinds and three sizes occur
+    with the configured fractions, and the mask is exactly the changed pixels."""
+    from brainad.evaluation.lesions import KINDS, SIZE_BINS
+
+    images, brains = _phantoms(40, seed=1)
+    mixed = dataclasses.replace(
+        config, per_image=2, radius_range=(0.02, 0.12), in_range_fraction=0.5
+    )
+    out = implant_lesions(images, brains, mixed)
+    kinds = [p["kind"] for p in out.params]
+    assert set(kinds) == set(KINDS)
+    assert 0.35 < np.mean([k in ("tissue", "textured") for k in kinds]) < 0.65
+    assert {p["size"] for p in out.params} == {name for name, _ in SIZE_BINS}
+    for index, info in enumerate(out.params):
+        source = images[info["source_index"], 0]
+        brain = brains[info["source_index"], 0]
+        lesion = out.images[index, 0]
+        changed = np.abs(lesion - source) > 0
+        assert (changed == out.masks[index, 0]).all() and not (changed & ~brain).any()
+        if info["kind"] in ("tissue", "textured") and changed.any():
+            values = source[brain]
+            assert values.min() - 1e-6 <= lesion[changed].min()
+            assert lesion[changed].max() <= values.max() + 1e-6
+
+
+def test_in_range_fraction_is_validated(config: LesionConfig) -> None:
+    images, brains = _phantoms(1)
+    with pytest.raises(ValueError, match="in_range_fraction"):
+        implant_lesions(images, brains, dataclasses.replace(config, in_range_fraction=1.5))
+
+
+def test_lesion_track_reports_each_kind_and_size_against_its_own_twins() -> None:
+    """``by_kind`` / ``by_size``: a detector that sees only offset lesions scores 1.0 on blob and
+    ring and 0.5 on the in-range kinds, with each group's own pair count."""
+    from brainad.evaluation.lesions import LesionSet
+    from brainad.evaluation.tracks import LesionTrack, _lesion_groups
+
+    kinds = ["blob", "ring", "tissue", "textured"] * 3
+    sizes = ["small", "medium", "large"] * 4
+    params = [{"kind": k, "size": s} for k, s in zip(kinds, sizes)]
+    empty = np.zeros((12, 1, 4, 4))
+    track = LesionTrack(LesionSet(empty, empty.astype(bool), params), np.arange(12), empty)
+    clean = np.zeros(12)
+    lesioned = np.array([1.0 if k in ("blob", "ring") else 0.0 for k in kinds])
+    by_kind = _lesion_groups(track, clean, lesioned, "kind")
+    assert {k: v["roc_auc"] for k, v in by_kind.items()} == {
+        "blob": 1.0, "ring": 1.0, "textured": 0.5, "tissue": 0.5,
+    }  # fmt: skip
+    assert by_kind["blob"]["n"] == 3 and by_kind["tissue"]["pairs_lesioned_higher"] == 0.0
+    by_size = _lesion_groups(track, clean, lesioned, "size")
+    assert set(by_size) == {"small", "medium", "large"} and by_size["small"]["n"] == 4

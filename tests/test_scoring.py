@@ -97,7 +97,7 @@ def test_identity_model_scores_zero(data: tuple[np.ndarray, np.ndarray]) -> None
 
 def test_blur_model_finds_implanted_lesions(data: tuple[np.ndarray, np.ndarray]) -> None:
     images, masks = data
-    lesions = implant_lesions(images, masks, LesionConfig(1, (0.1, 0.15), (3.0, 3.0), 1.0, 0))
+    lesions = implant_lesions(images, masks, LesionConfig(1, (0.1, 0.15), (3.0, 3.0), 1.0, 0, 0.0))
     scorer = _scorer(blur=True, aggregate="mean")  # top-k would pick the blurred brain edge
     clean = score_raw(scorer, images, masks)
     lesioned = score_raw(scorer, lesions.images, masks, keep_maps=True)

@@ -392,8 +392,10 @@ class LesionConfig:
         radius_range: lesion radius as a fraction of the image side (min, max).
         contrast_range: magnitude range (min, max, both > 0) of the lesion's intensity offset in
             units of the brain's intensity std; the sign comes from ``bright_fraction``.
-        bright_fraction: fraction of lesions brighter than the surrounding tissue.
+        bright_fraction: fraction of the offset lesions brighter than the surrounding tissue.
         seed: lesion generator seed.
+        in_range_fraction: fraction of lesions whose intensities stay inside the slice's own
+            brain range (another tissue's intensity, smooth or textured) instead of an offset.
     """
 
     per_image: int
@@ -401,6 +403,7 @@ class LesionConfig:
     contrast_range: tuple[float, float]
     bright_fraction: float
     seed: int
+    in_range_fraction: float
 
 
 @dataclass(frozen=True)

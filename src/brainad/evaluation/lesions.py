@@ -4,10 +4,18 @@ Every healthy test scan is scored with and without a lesion, so a detector that 
 source of an image (scanner, intensity, size) instead of its content gains nothing here.
 
 Each lesion is an irregular blob: an ellipse whose boundary radius is modulated by random
-low-frequency harmonics, with a soft edge. A fraction of the lesions are rings (a rim brighter
-than the core, like an enhancing tumour around a necrotic centre). The intensity offset is
-``±contrast × std(brain pixels)``; the lesion is painted only inside the brain mask, the result is
-clipped to [-1, 1], and the returned lesion mask is exactly the set of pixels that changed.
+low-frequency harmonics, with a soft edge, painted only inside the brain mask; the returned lesion
+mask is exactly the set of pixels that changed. Four kinds:
+
+* ``blob`` and ``ring`` (a rim brighter than the core, like an enhancing tumour around a necrotic
+  centre): an intensity offset of ``±contrast × std(brain pixels)``, clipped to [-1, 1] — many
+  leave the slice's intensity range, which a trivial intensity statistic can see;
+* ``tissue`` and ``textured`` (a fraction ``in_range_fraction`` of the lesions): the region takes
+  the intensity of another tissue of the same slice (a random brain-intensity quantile), smooth or
+  with a noise texture, clipped to the slice's own brain range (:data:`IN_RANGE_PERCENTILES`), so
+  no pixel leaves the intensities the slice already has.
+
+Sizes are reported in the bins of :data:`SIZE_BINS` (radius as a fraction of the image side).
 """
 
 from __future__ import annotations
@@ -30,6 +38,12 @@ HARMONIC_AMPLITUDE = 0.08  # maximum relative amplitude of each harmonic
 MAX_ELONGATION = 0.2  # |log| of the ellipse axis ratio factor
 CHANGE_EPSILON = 1e-3  # a pixel belongs to the lesion mask if it changed by more than this
 MIN_BRAIN_STD = 0.05  # floor of the brain intensity std (flat images still get a lesion)
+IN_RANGE_QUANTILES = (0.05, 0.95)  # target intensity of an in-range lesion: a brain quantile
+IN_RANGE_PERCENTILES = (1.0, 99.0)  # an in-range lesion is clipped to these brain percentiles
+TEXTURE_STD = 0.5  # noise of a ``textured`` lesion, in units of the brain std
+TEXTURED_FRACTION = 0.5  # of the in-range lesions
+SIZE_BINS = (("small", 0.05), ("medium", 0.09), ("large", float("inf")))  # radius / side, upper
+KINDS = ("blob", "ring", "tissue", "textured")
 
 
 class LesionSet(NamedTuple):
@@ -42,7 +56,7 @@ class LesionSet(NamedTuple):
         masks: (N·per_image, 1, S, S) bool, exactly the pixels that the lesion changed.
         params: one JSON-ready dict per lesion: ``source_index``, ``copy``, ``centre`` [y, x],
             ``radius`` (px), ``contrast`` (signed, units of brain std), ``intensity_offset``,
-            ``kind`` (``blob``/``ring``), ``bright``, ``n_pixels``.
+            ``kind`` (:data:`KINDS`), ``size`` (:data:`SIZE_BINS`), ``bright``, ``n_pixels``.
     """
 
     images: np.ndarray
@@ -68,10 +82,11 @@ def _check(images: np.ndarray, brain_masks: np.ndarray, config: LesionConfig) ->
             f"evaluate.lesions.contrast_range must satisfy 0 < min <= max (magnitudes), got "
             f"{[low, high]}; the sign comes from evaluate.lesions.bright_fraction"
         )
-    if not 0.0 <= config.bright_fraction <= 1.0:
-        raise ValueError(
-            f"evaluate.lesions.bright_fraction must be in [0, 1], got {config.bright_fraction}"
-        )
+    for key in ("bright_fraction", "in_range_fraction"):
+        if not 0.0 <= getattr(config, key) <= 1.0:
+            raise ValueError(
+                f"evaluate.lesions.{key} must be in [0, 1], got {getattr(config, key)}"
+            )
 
 
 def _edge_distance(brain: np.ndarray) -> np.ndarray:
@@ -115,6 +130,28 @@ def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
+def size_bin(radius_fraction: float) -> str:
+    """The :data:`SIZE_BINS` name of a lesion radius given as a fraction of the image side."""
+    return next(name for name, upper in SIZE_BINS if radius_fraction < upper)
+
+
+def _in_range_value(
+    image: np.ndarray, brain: np.ndarray, radius: float, textured: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """What an in-range lesion paints (the whole grid) and its target intensity: a random brain
+    quantile of this slice, plus smoothed noise if ``textured``, clipped to the slice's own
+    :data:`IN_RANGE_PERCENTILES` brain range."""
+    values = image[brain]
+    target = float(np.quantile(values, rng.uniform(*IN_RANGE_QUANTILES)))
+    fill = np.full(image.shape, target, np.float64)
+    if textured:
+        noise = cv2.GaussianBlur(rng.standard_normal(image.shape), (0, 0), max(radius / 4, 1.0))
+        noise /= max(float(noise.std()), 1e-6)
+        fill += TEXTURE_STD * max(float(values.std()), MIN_BRAIN_STD) * noise
+    low, high = np.percentile(values, IN_RANGE_PERCENTILES)
+    return np.clip(fill, low, high), target
+
+
 def _implant_one(
     image: np.ndarray,
     brain: np.ndarray,
@@ -126,21 +163,32 @@ def _implant_one(
     size = image.shape[0]
     radius = float(rng.uniform(*config.radius_range) * size)
     centre = _sample_centre(distance, radius, rng)
-    ring = bool(rng.random() < RING_FRACTION)
-    bright = bool(rng.random() < config.bright_fraction)
-    contrast = float(rng.uniform(*config.contrast_range)) * (1.0 if bright else -1.0)
-    offset = contrast * max(float(image[brain].std()), MIN_BRAIN_STD)
-    profile = _blob(image.shape, centre, radius, ring, rng)
-    painted = np.clip(image + offset * profile * brain, -1.0, 1.0).astype(np.float32)
+    in_range = bool(rng.random() < config.in_range_fraction)
+    if in_range:
+        kind = "textured" if rng.random() < TEXTURED_FRACTION else "tissue"
+        profile = _blob(image.shape, centre, radius, False, rng) * brain
+        fill, target = _in_range_value(image, brain, radius, kind == "textured", rng)
+        painted = (image + profile * (fill - image)).astype(np.float32)
+        local = float(image[profile > 0.5].mean()) if (profile > 0.5).any() else target
+        offset, bright = target - local, target > local
+        contrast = offset / max(float(image[brain].std()), MIN_BRAIN_STD)
+    else:
+        kind = "ring" if rng.random() < RING_FRACTION else "blob"
+        bright = bool(rng.random() < config.bright_fraction)
+        contrast = float(rng.uniform(*config.contrast_range)) * (1.0 if bright else -1.0)
+        offset = contrast * max(float(image[brain].std()), MIN_BRAIN_STD)
+        profile = _blob(image.shape, centre, radius, kind == "ring", rng)
+        painted = np.clip(image + offset * profile * brain, -1.0, 1.0).astype(np.float32)
     changed = np.abs(painted - image) > CHANGE_EPSILON
     painted = np.where(changed, painted, image)  # sub-epsilon changes are undone: mask is exact
     params = {
         "centre": [int(centre[0]), int(centre[1])],
         "radius": radius,
-        "contrast": contrast,
+        "size": size_bin(radius / size),
+        "contrast": float(contrast),
         "intensity_offset": float(offset),
-        "kind": "ring" if ring else "blob",
-        "bright": bright,
+        "kind": kind,
+        "bright": bool(bright),
         "n_pixels": int(changed.sum()),
     }
     return painted, changed, params

@@ -44,6 +44,11 @@ def compact_metrics(results: list[MethodResult]) -> dict:
             "lesion": {
                 "roc_auc": _r(lesion["roc_auc"]),
                 "pairs_lesioned_higher": _r(lesion["pairs_lesioned_higher"]),
+                **{
+                    f"{key}_{name}": _r(group["roc_auc"])
+                    for key in ("kind", "size")
+                    for name, group in lesion.get(f"by_{key}", {}).items()
+                },
             },
         }
         if "pixel" in lesion:
@@ -125,6 +130,33 @@ def _fmt(metric: dict, key: str) -> str:
     return f"{value:.3f}"
 
 
+def _lesion_groups_section(results: list[MethodResult]) -> list[str]:
+    """Track 2 ROC-AUC per lesion kind and size (offset kinds can leave the slice's intensity
+    range; ``tissue``/``textured`` keep to it, so an intensity statistic cannot see them by range)."""
+    first = results[0].metrics["lesion"] if results else {}
+    columns = [(key, name) for key in ("kind", "size") for name in first.get(f"by_{key}", {})]
+    if not columns:
+        return []
+    counts = ", ".join(f"{name} {first[f'by_{key}'][name]['n']}" for key, name in columns)
+    lines = [
+        "",
+        "## Track 2 by lesion kind and size",
+        "",
+        "ROC-AUC of each group's lesioned copies against their own clean twins. `blob`/`ring` add an "
+        "intensity offset (often beyond the slice's range); `tissue`/`textured` take another "
+        "tissue's intensity of the same slice (smooth / with noise texture) and stay inside its "
+        f"range. Pairs per group: {counts}.",
+        "",
+        "| method | " + " | ".join(name for _, name in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for r in results:
+        groups = r.metrics["lesion"]
+        cells = [f"{groups[f'by_{key}'][name]['roc_auc']:.3f}" for key, name in columns]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summary_markdown(
     study: str,
     results: list[MethodResult],
@@ -182,6 +214,7 @@ def summary_markdown(
             f"| {r.name} | {r.threshold:.4g} | {r.threshold_method} | "
             f"{'–' if not np.isfinite(r.val_auroc) else f'{r.val_auroc:.3f}'} |"
         )
+    lines += _lesion_groups_section(results)
     lines += ["", "## Reading the table", ""]
     lines += _verdicts(results)
     if ablation:

@@ -108,6 +108,24 @@ def _real_track(
     return out
 
 
+def _lesion_groups(
+    track: LesionTrack, clean: np.ndarray, lesioned: np.ndarray, key: str
+) -> dict[str, dict]:
+    """Lesion-track ROC-AUC and pairs-higher per lesion ``kind`` or ``size`` (each group's
+    lesioned copies against their own clean twins)."""
+    groups = np.array([p[key] for p in track.lesions.params])
+    out = {}
+    for name in sorted(set(groups.tolist())):
+        keep = groups == name
+        labels = np.r_[np.zeros(keep.sum(), np.int8), np.ones(keep.sum(), np.int8)]
+        out[name] = {
+            "roc_auc": metrics_lib.roc_auc(labels, np.r_[clean[keep], lesioned[keep]]),
+            "pairs_lesioned_higher": float(np.mean(lesioned[keep] > clean[keep])),
+            "n": int(keep.sum()),
+        }
+    return out
+
+
 def track_metrics(
     ev: EvaluateConfig,
     test: SplitArrays,
@@ -124,6 +142,8 @@ def track_metrics(
     scores = np.r_[clean, lesioned]
     out["lesion"] = _with_ci(labels, scores, threshold, ev)
     out["lesion"]["pairs_lesioned_higher"] = float(np.mean(lesioned > clean))
+    for key in ("kind", "size"):
+        out["lesion"][f"by_{key}"] = _lesion_groups(track, clean, lesioned, key)
     if result_lesion.maps is not None:
         out["lesion"]["pixel"] = metrics_lib.pixel_metrics(
             track.lesions.masks, result_lesion.maps, track.brain_masks, seed=ev.seed

@@ -14,6 +14,7 @@ def main(argv=None) -> None:
             "prepare-report",
             "split-report",
             "ablation",
+            "manifest",
             "report-dir",
         ],
         argv,
@@ -31,6 +32,7 @@ def main(argv=None) -> None:
         args.split_report,
         args.report_dir,
         ablation_report=args.ablation,
+        manifest=args.manifest,
     )
 
 

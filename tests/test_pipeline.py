@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from brainad import runtime
 from brainad.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,18 +109,25 @@ def test_pipeline_writes_every_report(micro_repo) -> None:
     repo, _ = micro_repo
     reports = repo / "reports" / "demo"
     metrics = json.loads((reports / "evaluate" / "metrics.json").read_text())
-    assert {"vqgan", "vqgan_prior", "dcgan", "pca_recon", "mean_intensity"} <= set(metrics)
+    methods = {"vqgan", "vqgan_prior", "dcgan", "pca_recon", "mean_intensity", "mirror_asymmetry"}
+    assert methods <= set(metrics)
+    ceiling = metrics.pop("confound_ceiling")  # trivial features fitted on validation
+    assert ceiling["kind"] == "ceiling" and 0.0 <= ceiling["real"]["roc_auc"] <= 1.0
     for entry in metrics.values():
         assert 0.0 <= entry["real"]["roc_auc"] <= 1.0
         assert 0.0 <= entry["lesion"]["roc_auc"] <= 1.0
+        assert {"kind_blob", "kind_tissue"} <= set(entry["lesion"])  # per lesion kind
     split = json.loads((reports / "split" / "split.json").read_text())
     assert split["cross_split_near_duplicate_pairs"] == 0
     summary = (reports / "evaluate" / "summary.md").read_text()
     assert "vqgan" in summary and "dataset_fingerprint" in summary
+    assert "confound ceiling" in summary and "Track 2 by lesion kind and size" in summary
     assert "Deterministic run: pinned kernels" in summary
     provenance = json.loads((reports / "evaluate" / "evaluation.json").read_text())["provenance"]
     assert provenance["runtime"]["mode"] == "deterministic"  # the stages pinned their kernels
-    assert provenance["runtime"]["threads"] == 1 and provenance["runtime"]["cpu_model"]
+    assert (
+        provenance["runtime"]["threads"] == runtime.THREADS and provenance["runtime"]["cpu_model"]
+    )
     for entry in provenance["training"].values():
         assert entry["runtime"]["mode"] == "deterministic" and len(entry["weights"]) == 32
     for fig in ("roc.png", "reconstructions.png", "heatmaps_vqgan.png", "lesion_pairs_dcgan.png"):

@@ -61,6 +61,36 @@ def compact_metrics(results: list[MethodResult]) -> dict:
     return out
 
 
+def ceiling_entries(ceiling: dict) -> tuple[dict, dict]:
+    """The confound ceiling's ``metrics.json`` entry and its ``evaluation.json`` record (with the
+    CI where ``brainad compare`` looks for it)."""
+    compact = {"kind": "ceiling", "real": {"roc_auc": _r(ceiling["roc_auc"])}}
+    ci = {"roc_auc": ceiling["ci"]} if ceiling["ci"] else {}
+    return compact, {
+        "kind": "ceiling",
+        "real": {"roc_auc": ceiling["roc_auc"], "ci": ci},
+        **ceiling,
+    }
+
+
+def _ceiling_row(ceiling: dict | None) -> list[str]:
+    if not ceiling or ceiling["roc_auc"] is None:
+        return []
+    ci = ceiling["ci"]
+    cv = ceiling["candidates"][ceiling["chosen"]]["val_cv_roc_auc"]
+    return [
+        f"| confound ceiling ({ceiling['chosen']}) | trivial features | {ceiling['roc_auc']:.3f} "
+        f"[{ci['low']:.3f}, {ci['high']:.3f}] | – | – | – | – | – | – | – | – |",
+        "",
+        "Confound ceiling: a classifier given only trivial features (file size, image size and "
+        "aspect, channels, bit depth, brain coverage, an intensity histogram, and the view "
+        "plane / modality / sequence labels where the manifest has them), fitted on the "
+        f"validation split (cross-validated ROC-AUC there {cv:.3f}, {ceiling['cv_folds']} folds), "
+        "then applied to test. A model's T1 ROC-AUC at or below it can be explained by a "
+        "shortcut; only the T2 (paired) columns cannot.",
+    ]
+
+
 def write_plot_data(plots_dir: Path, results: list[MethodResult], test: SplitArrays) -> None:
     """ROC, PR and confusion data per method, in the layout ``dvc plots`` reads."""
     for res in results:
@@ -164,6 +194,7 @@ def summary_markdown(
     thesis_comparison: bool,
     leak: dict | None = None,
     ablation: dict | None = None,
+    ceiling: dict | None = None,
 ) -> str:
     """The human-readable summary: one table, both tracks, CIs, thresholds, the variants tried on
     validation (``ablation``, from the ablate stage), provenance."""
@@ -199,6 +230,7 @@ def summary_markdown(
             f"| {_fmt(real, 'specificity')} | {_fmt(lesion, 'roc_auc')} "
             f"| {lesion['pairs_lesioned_higher']:.3f} | {'–' if pixel is None else f'{pixel:.3f}'} |"
         )
+    lines += _ceiling_row(ceiling)
     n = results[0].metrics["real"]["n"] if results else {}
     lines += [
         "",

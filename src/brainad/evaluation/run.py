@@ -17,6 +17,8 @@ import torch
 
 from brainad.config import StudyConfig, to_dict
 from brainad.data.arrays import SplitArrays, load_arrays
+from brainad.data.manifest import read_manifest
+from brainad.evaluation.confound import CEILING, confound_ceiling
 from brainad.evaluation.tracks import (
     LesionTrack,
     MethodResult,
@@ -175,10 +177,12 @@ def run_evaluate(
     split_report: Path,
     report_dir: Path,
     ablation_report: Path | None = None,
+    manifest: Path | None = None,
 ) -> dict:
     """Calibrate on validation, score both test tracks for every registered model and every
     baseline, write reports. Models are read from ``model_dir`` and their training reports from
-    ``train_dir/<name>`` (file names: :mod:`brainad.models.registry`)."""
+    ``train_dir/<name>`` (file names: :mod:`brainad.models.registry`). With the study's
+    ``manifest``, the confound ceiling (:mod:`brainad.evaluation.confound`) is reported too."""
     from brainad.evaluation import figures, report
     from brainad.utils import read_json, select_device, write_json, write_text
 
@@ -208,11 +212,15 @@ def run_evaluate(
         ]
         lineage["training"] = {r.name: r.metrics["training"] for r in results if r.kind == "model"}
         compact = report.compact_metrics(results)
+        methods = {r.name: r.metrics for r in results}
+        ceiling = None
+        if manifest is not None:
+            ceiling = confound_ceiling(
+                splits["val"], test, read_manifest(manifest), config.evaluate
+            )
+            compact[CEILING], methods[CEILING] = report.ceiling_entries(ceiling)
         write_json(report_dir / "metrics.json", compact)
-        write_json(
-            report_dir / "evaluation.json",
-            {"provenance": lineage, "methods": {r.name: r.metrics for r in results}},
-        )
+        write_json(report_dir / "evaluation.json", {"provenance": lineage, "methods": methods})
         report.write_plot_data(report_dir / "plots", results, test)
         report.write_scores_csv(report_dir / "scores.csv", results, test)
         figures.render_figures(report_dir / "figures", results, test, track, train_dir, config)
@@ -225,10 +233,11 @@ def run_evaluate(
                 thesis_comparison=config.source.kind != "synthetic",
                 leak=read_json(split_report).get("official_split_leak"),
                 ablation=read_json(ablation_report) if ablation_report else None,
+                ceiling=ceiling,
             ),
         )
     log.info(
         "evaluate: %s",
-        {k: (v["real"]["roc_auc"], v["lesion"]["roc_auc"]) for k, v in compact.items()},
+        {k: (v["real"]["roc_auc"], v.get("lesion", {}).get("roc_auc")) for k, v in compact.items()},
     )
     return compact

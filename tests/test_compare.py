@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from brainad.cli import main as cli_main
-from brainad.evaluation.compare import compare, compare_main, study_metric_files, to_markdown
+from brainad.evaluation.compare import compare, study_metric_files, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"vqgan": {"kind": "model", "real": {"roc_auc": 0.8, "f1": 0.6}, "threshold": 1.5}}
@@ -65,7 +65,7 @@ def test_metric_files_of_a_study_come_from_dvc_yaml() -> None:
 
 
 def test_unchanged_workspace_passes_the_check(repo: Path, capsys) -> None:
-    assert compare_main(["HEAD", "--study", "demo", "--check", "--root", str(repo)]) == 0
+    assert cli_main(["compare", "HEAD", "--study", "demo", "--check", "--root", str(repo)]) == 0
     assert "Every metric is unchanged" in capsys.readouterr().out
 
 
@@ -73,8 +73,8 @@ def test_deterministic_study_fails_on_any_change_even_within_noise(repo: Path) -
     """The gate of CI: a commit that changed a result without committing it fails."""
     _changed(repo / "reports/demo/evaluate/metrics.json", roc_auc=0.8001)
     out = repo / "diff.json"
-    code = compare_main(
-        ["--study", "demo", "--check", "--root", str(repo), "--json", str(out)]
+    code = cli_main(
+        ["compare", "--study", "demo", "--check", "--root", str(repo), "--json", str(out)]
     )  # fmt: skip
     result = json.loads(out.read_text())
     assert code == 1 and result["failed"] and result["deterministic"]

@@ -103,7 +103,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``brainad`` parser: ``score`` (:mod:`brainad.cli.score`), ``audit`` and ``compare``."""
     from brainad.cli.score import add_score_parser
-    from brainad.evaluation.compare import register as register_compare
+    from brainad.evaluation import compare
 
     parser = argparse.ArgumentParser(
         prog="brainad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,7 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("study")
     aud.add_argument("--root", type=Path, default=Path("."), help="repository root")
     aud.set_defaults(func=cmd_audit)
-    register_compare(sub, [common])
+    cmp = sub.add_parser(
+        "compare",
+        parents=[common],
+        help="metrics at a revision beside the workspace's, with noise-aware verdicts",
+        description=compare.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_arguments(cmp)
+    cmp.set_defaults(func=compare.run)
     return parser
 
 

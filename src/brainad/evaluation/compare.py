@@ -320,7 +320,7 @@ def to_markdown(result: dict, show_all: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------------------- CLI
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a_rev", nargs="?", default="HEAD", help="old revision (default HEAD)")
     parser.add_argument("b_rev", nargs="?", default=None, help="new revision (default workspace)")
     parser.add_argument("--study", help="compare only this study's metrics (params.yaml name)")
@@ -348,31 +348,3 @@ def run(args: argparse.Namespace) -> int:
         log.error("compare: results changed (%s)", result["counts"])
         return 1
     return 0
-
-
-def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
-    """Add ``compare`` to the ``brainad`` command's subparsers (``parents``: shared options)."""
-    parser = subparsers.add_parser(
-        "compare",
-        parents=list(parents),
-        help="metrics at a revision beside the workspace's, with noise-aware verdicts",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_arguments(parser)
-    parser.set_defaults(func=run)
-
-
-def compare_main(argv: Sequence[str] | None = None) -> int:
-    """``brainad compare`` as a function (what the CLI runs)."""
-    from brainad.utils import setup_logging
-
-    parser = argparse.ArgumentParser(prog="brainad compare", description=__doc__)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 2

@@ -5,8 +5,10 @@ from brainad.stage import stage_setup
 
 
 def main(argv=None) -> None:
-    args, config = stage_setup(__doc__, ["raw", "downloads", "manifest", "report"], argv)
-    run_prepare(config, args.raw, args.downloads, args.manifest, args.report)
+    args, config = stage_setup(
+        __doc__, ["raw", "downloads", "manifest", "report", "labels-dir"], argv
+    )
+    run_prepare(config, args.raw, args.downloads, args.manifest, args.report, args.labels_dir)
 
 
 if __name__ == "__main__":

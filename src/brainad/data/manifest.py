@@ -4,7 +4,9 @@ The raw data is laid out ``root/<folder>/<class>/<file>`` (the Kaggle layout: fo
 and ``Testing``, classes ``glioma``, ``notumor``, ...); tumour masks, when a source provides them,
 live at ``root/masks/<folder>/<class>/<stem>.png``. :func:`build_manifest` walks that tree and
 records for every file of a class named in the filter its checksum, size, decoded geometry and a
-64-bit DCT perceptual hash (used by :mod:`brainad.data.split` to find near-duplicates).
+64-bit DCT perceptual hash (used by :mod:`brainad.data.split` to find near-duplicates); the prepare
+stage then adds the slice labels (:mod:`brainad.data.labelfit`) and the curation verdict
+(:mod:`brainad.data.curation`; ``curation`` is empty for a kept row, else the reason).
 
 Nothing is dropped silently: a file that cannot be decoded stays in the manifest with its
 ``error`` (it is quarantined later, with the reason in the split report), files of classes outside
@@ -27,6 +29,7 @@ from rich.progress import track
 
 from brainad.config import FilterConfig
 from brainad.data.imageio import IMAGE_SUFFIXES, ImageDecodeError, read_image
+from brainad.data.labels import NO_LABELS, SOURCE_LABELS
 from brainad.utils import atomic_path, console
 
 log = logging.getLogger("brainad")
@@ -45,6 +48,12 @@ MANIFEST_FIELDS: tuple[str, ...] = (
     "phash",
     "mask_path",
     "error",
+    "plane",
+    "modality",
+    "sequence",
+    "flags",
+    "label_source",
+    "curation",
 )
 MASKS_DIR = "masks"
 LAYOUT = "root/<folder>/<class>/<image> (e.g. root/Training/notumor/1.jpg)"
@@ -180,7 +189,7 @@ def _walk_class(folder: Path, class_dir: Path, label: str, walk: _Walk) -> None:
 
 def _walk(root: Path, filter: FilterConfig) -> _Walk:
     walk = _Walk(entries=[], excluded={}, warnings=[])
-    stray = _files(root)
+    stray = [p for p in _files(root) if p.name != SOURCE_LABELS]
     if stray:
         walk.warnings.append(f"{root}: {len(stray)} file(s) directly in the root ignored")
     seen_classes: set[str] = set()
@@ -220,6 +229,9 @@ def _empty_row(root: Path, entry: _Entry) -> dict:
         "phash": "",
         "mask_path": mask_path,
         "error": entry.error,
+        **NO_LABELS._asdict(),
+        "label_source": "none",
+        "curation": "",
     }
 
 

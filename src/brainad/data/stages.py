@@ -15,7 +15,7 @@ from brainad.config import StudyConfig, to_dict
 from brainad.data import arrays as arrays_lib
 from brainad.data import curation as curation_lib
 from brainad.data import datareport as report_lib
-from brainad.data import labelfit
+from brainad.data import labelfit, stripqc
 from brainad.data import manifest as manifest_lib
 from brainad.data import qa as qa_lib
 from brainad.data import split as split_lib
@@ -163,6 +163,10 @@ def run_preprocess(
         _collect_qa_samples(raw_dir, out, samples, config)
     report["quarantined"] = quarantined
     report["coverage"] = qa_lib.coverage_stats(records)
+    annotated = [r for r in rows.values() if r["label_source"] == "annotation"]
+    measured = stripqc.measure_rows(raw_dir, annotated, config.preprocess)
+    report["strip_qc"] = stripqc.strip_report(records, rows, measured)
+    write_text(report_dir / "strip_qc.md", stripqc.strip_markdown(report["strip_qc"], config.name))
     report["files_in"] = len(rows)
     report["accounted"] = sum(
         s["accepted"] + s["quarantined"] for s in report["splits"].values()

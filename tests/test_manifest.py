@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from brainad.config import FilterConfig
+from brainad.config import load_study
 from brainad.data.manifest import (
     MANIFEST_FIELDS,
     build_manifest,
@@ -21,7 +22,11 @@ from brainad.data.manifest import (
     write_manifest,
 )
 
-FILTER = FilterConfig(healthy_classes=("notumor",), anomaly_classes=("glioma", "pituitary"))
+FILTER = dataclasses.replace(
+    load_study("demo", Path(__file__).resolve().parents[1] / "params.yaml").filter,
+    healthy_classes=("notumor",),
+    anomaly_classes=("glioma", "pituitary"),
+)
 MAX_PIXELS = 1_000_000
 HASH_DISTANCE = 10
 

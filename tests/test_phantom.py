@@ -56,7 +56,7 @@ def test_layout_counts_and_names(written: tuple[Path, dict]) -> None:
     glioma_test = sorted(root.glob("Testing/glioma/*.jpg"))
     assert len(healthy) == 20 + n_dup
     assert (len(glioma_train), len(glioma_test)) == (8, 2)  # 20 % of 10 in Testing
-    assert {p.name for p in root.iterdir()} == {"Training", "Testing", "masks"}
+    assert {p.name for p in root.iterdir()} == {"Training", "Testing", "masks", "labels.csv"}
     for path in healthy + glioma_train + glioma_test:
         prefix = "Tr" if path.parent.parent.name == "Training" else "Te"
         code = "no" if path.parent.name == "notumor" else "gl"

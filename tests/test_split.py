@@ -227,7 +227,7 @@ def test_split_csv_keeps_non_utf8_names(tmp_path: Path) -> None:
 
 def test_demo_hash_distance_finds_every_planted_phantom_duplicate(tmp_path: Path) -> None:
     """Ground truth from the phantom generator: each planted near-duplicate shares a cluster."""
-    from brainad.config import FilterConfig, load_study
+    from brainad.config import load_study
     from brainad.data.manifest import build_manifest
     from brainad.data.phantom import write_phantom_dataset
 
@@ -235,7 +235,7 @@ def test_demo_hash_distance_finds_every_planted_phantom_duplicate(tmp_path: Path
     demo = load_study("demo", root_dir / "params.yaml")
     phantom = replace(demo.phantom, n_healthy=60, n_anomalous=10, image_size=160)
     summary = write_phantom_dataset(phantom, tmp_path / "raw")
-    manifest = build_manifest(tmp_path / "raw", FilterConfig(("notumor",), ("glioma",)), 10**7)
+    manifest = build_manifest(tmp_path / "raw", replace(FILTER, anomaly_classes=("glioma",)), 10**7)
     clusters = cluster_duplicates(manifest.rows, demo.split.hash_distance)
     index = {row["path"]: i for i, row in enumerate(manifest.rows)}
     pairs = summary["duplicates"]

@@ -68,10 +68,31 @@ class PhantomConfig:
 
 @dataclass(frozen=True)
 class FilterConfig:
-    """Which class folders are healthy and which count as anomalies; all others are excluded."""
+    """Which classes, view planes, modalities and sequences a study uses (curation).
+
+    Args:
+        healthy_classes: class folders that are healthy; anomaly_classes: those that count as
+            anomalies; files of every other class are excluded (counted per class).
+        planes, modalities, sequences: labels kept (``[]`` = all); see :mod:`brainad.data.labels`.
+        exclude_flags: flags that exclude a slice (``not_brain``, ``strip_failed``,
+            ``abnormal_in_healthy``); ``[]`` = none. Excluded files are listed with the reason.
+        annotations: hand-annotated sample (CSV, path from the repository root) the labeler is
+            fit on; ``""`` = none (labels then come from the source, or are ``unknown``).
+        label_holdout: fraction of the annotated duplicate clusters held out to measure accuracy.
+        label_seed: seed of the hold-out draw and of the classifiers.
+        min_confidence: a predicted label below this probability becomes ``unknown``.
+    """
 
     healthy_classes: tuple[str, ...]
     anomaly_classes: tuple[str, ...]
+    planes: tuple[str, ...]
+    modalities: tuple[str, ...]
+    sequences: tuple[str, ...]
+    exclude_flags: tuple[str, ...]
+    annotations: str
+    label_holdout: float
+    label_seed: int
+    min_confidence: float
 
 
 @dataclass(frozen=True)

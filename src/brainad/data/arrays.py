@@ -21,7 +21,8 @@ from rich.progress import Progress
 
 from brainad.config import PreprocessConfig
 from brainad.data.imageio import ImageDecodeError, read_image
-from brainad.data.preprocess import Preprocessed, preprocess_slice
+from brainad.data.preprocess import Preprocessed, extract_brain, preprocess_slice
+from brainad.data.stripqc import strip_measures
 from brainad.utils import atomic_path, console
 
 log = logging.getLogger("brainad")
@@ -106,7 +107,8 @@ class PreprocessOutput(NamedTuple):
     Args:
         arrays: the accepted images.
         quarantined: every rejected file with its reason.
-        records: per accepted image ``path, class_name, fallback, coverage`` (for QA statistics).
+        records: per accepted image ``path, class_name, fallback, coverage, strip`` (the
+            strip-QC measures, :mod:`brainad.data.stripqc`), for QA statistics.
     """
 
     arrays: SplitArrays
@@ -118,6 +120,7 @@ class _Accepted(NamedTuple):
     row: dict
     pre: Preprocessed
     has_mask: bool
+    strip: dict  # stripqc.strip_measures of the full-resolution brain mask
 
 
 def empty_arrays(image_size: int) -> SplitArrays:
@@ -192,10 +195,11 @@ def _process_row(root: Path, row: dict, config: PreprocessConfig) -> _Accepted:
         raise _Rejected(exc.reason) from exc
     extras = [_load_mask(root, row["mask_path"], gray.shape, config)] if row["mask_path"] else []
     try:
-        pre = preprocess_slice(gray, config, extras)
+        extraction = extract_brain(gray, config)
+        pre = preprocess_slice(gray, config, extras, extraction)
     except ValueError as exc:
         raise _Rejected(f"preprocessing failed: {exc}") from exc
-    return _Accepted(row, pre, bool(extras))
+    return _Accepted(row, pre, bool(extras), strip_measures(gray, extraction.mask, pre.fallback))
 
 
 def _stack(accepted: list[_Accepted], image_size: int) -> SplitArrays:
@@ -251,6 +255,7 @@ def preprocess_files(root: Path, rows: list[dict], config: PreprocessConfig) -> 
             "class_name": str(a.row["class_name"]),
             "fallback": a.pre.fallback,
             "coverage": a.pre.coverage,
+            "strip": a.strip,
         }
         for a in accepted
     ]

@@ -7,7 +7,9 @@ source) are listed in ``root/volumes.jsonl`` with their ``subject``, ``slice`` i
 volume's sha256; other rows have ``subject`` "", ``slice`` -1, ``volume_sha256`` "".
 :func:`build_manifest` walks that tree and
 records for every file of a class named in the filter its checksum, size, decoded geometry and a
-64-bit DCT perceptual hash (used by :mod:`brainad.data.split` to find near-duplicates).
+64-bit DCT perceptual hash (used by :mod:`brainad.data.split` to find near-duplicates); the prepare
+stage then adds the slice labels (:mod:`brainad.data.labelfit`) and the curation verdict
+(:mod:`brainad.data.curation`; ``curation`` is empty for a kept row, else the reason).
 
 Nothing is dropped silently: a file that cannot be decoded stays in the manifest with its
 ``error`` (it is quarantined later, with the reason in the split report), files of classes outside
@@ -30,6 +32,7 @@ from rich.progress import track
 
 from brainad.config import FilterConfig
 from brainad.data.imageio import IMAGE_SUFFIXES, ImageDecodeError, read_image
+from brainad.data.labels import NO_LABELS, SOURCE_LABELS
 from brainad.utils import atomic_path, console
 
 log = logging.getLogger("brainad")
@@ -51,6 +54,12 @@ MANIFEST_FIELDS: tuple[str, ...] = (
     "subject",
     "slice",
     "volume_sha256",
+    "plane",
+    "modality",
+    "sequence",
+    "flags",
+    "label_source",
+    "curation",
 )
 MASKS_DIR = "masks"
 VOLUMES_INDEX = "volumes.jsonl"  # slice file -> subject, slice, volume_sha256 (nifti source)
@@ -187,7 +196,7 @@ def _walk_class(folder: Path, class_dir: Path, label: str, walk: _Walk) -> None:
 
 def _walk(root: Path, filter: FilterConfig) -> _Walk:
     walk = _Walk(entries=[], excluded={}, warnings=[])
-    stray = [p for p in _files(root) if p.name != VOLUMES_INDEX]
+    stray = [p for p in _files(root) if p.name not in (VOLUMES_INDEX, SOURCE_LABELS)]
     if stray:
         walk.warnings.append(f"{root}: {len(stray)} file(s) directly in the root ignored")
     seen_classes: set[str] = set()
@@ -230,6 +239,9 @@ def _empty_row(root: Path, entry: _Entry) -> dict:
         "subject": "",
         "slice": -1,
         "volume_sha256": "",
+        **NO_LABELS._asdict(),
+        "label_source": "none",
+        "curation": "",
     }
 
 

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from brainad.config import PhantomConfig
+from brainad.data.labels import Labels, write_source_labels
 from brainad.utils import write_bytes
 
 log = logging.getLogger("brainad")
@@ -306,6 +307,8 @@ def write_phantom_dataset(config: PhantomConfig, dest: Path) -> dict:
     for item in duplicates:
         _write_duplicate(config.seed, dest, item, healthy[item.source], originals, names, summary)
     summary["n_images"] = sum(sum(c.values()) for c in summary["counts"].values())
+    labels = {n: Labels("axial", "MR", c.upper(), "") for n, c in summary.pop("sequences").items()}
+    write_source_labels(dest, labels)  # root/labels.csv: what it drew (axial MR, its contrast)
     log.info(
         "phantom: %d images (%d near-duplicates, %d across folders), %d masks in %s",
         summary["n_images"],
@@ -328,6 +331,7 @@ def _write_original(
     rendered = _render(rng, config.image_size, contrast, anomalous)
     _write_jpeg(dest / name, rendered.slice.image, channels)
     _count(summary, item, contrast, channels)
+    summary["sequences"][name] = contrast
     if not anomalous:
         return rendered.slice.image
     mask = rendered.slice.tumour_mask.astype(np.uint8) * 255
@@ -345,9 +349,7 @@ def _check_config(config: PhantomConfig) -> None:
             f"phantom.image_size: {config.image_size} is below {MIN_IMAGE_SIZE}; use a larger side"
         )
     if not 0.0 <= config.duplicate_fraction <= 1.0:
-        raise ValueError(
-            f"phantom.duplicate_fraction: {config.duplicate_fraction} is not in [0, 1]; fix it"
-        )
+        raise ValueError(f"phantom.duplicate_fraction: {config.duplicate_fraction} not in [0, 1]")
 
 
 def _assign_splits(config: PhantomConfig, label: str, n: int, stream: int) -> list[_Item]:
@@ -394,6 +396,7 @@ def _empty_summary() -> dict:
         "contrasts": {c: 0 for c in CONTRASTS},
         "channels": {"1": 0, "3": 0},
         "duplicates": [],
+        "sequences": {},
     }
 
 
@@ -419,6 +422,7 @@ def _write_duplicate(
     channels = 3 if rng.random() < 0.5 else 1
     _write_jpeg(dest / names[item], image, channels)
     _count(summary, item, None, channels)
+    summary["sequences"][names[item]] = summary["sequences"][names[original]]
     summary["duplicates"].append({"source": names[original], "copy": names[item], "change": change})
     summary["n_duplicates"] += 1
     summary["n_duplicates_cross_folder"] += int(item.split != original.split)
@@ -445,14 +449,11 @@ def _near_duplicate(rng: np.random.Generator, image: np.ndarray) -> tuple[np.nda
 
 def _write_jpeg(path: Path, image: np.ndarray, channels: int) -> None:
     array = np.repeat(image[..., None], 3, axis=2) if channels == 3 else image
-    ok, data = cv2.imencode(".jpg", array, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise OSError(f"{path}: OpenCV could not encode the JPEG")
-    write_bytes(path, data.tobytes())
+    _write_png(path, array, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", image)
+def _write_png(path: Path, image: np.ndarray, ext: str = ".png", options: tuple = ()) -> None:
+    ok, data = cv2.imencode(ext, image, list(options))
     if not ok:
-        raise OSError(f"{path}: OpenCV could not encode the PNG")
+        raise OSError(f"{path}: OpenCV could not encode the {ext} image")
     write_bytes(path, data.tobytes())

@@ -310,13 +310,17 @@ def _check_config(config: PreprocessConfig) -> None:
 
 
 def preprocess_slice(
-    gray: np.ndarray, config: PreprocessConfig, extra_masks: Sequence[np.ndarray] = ()
+    gray: np.ndarray,
+    config: PreprocessConfig,
+    extra_masks: Sequence[np.ndarray] = (),
+    extraction: BrainExtraction | None = None,
 ) -> Preprocessed:
     """Extract, crop, pad to square, resize and normalise one slice.
 
     ``extra_masks`` (e.g. tumour ground truth, same shape as ``gray``) follow the same crop and
     resize. On a failed extraction the slice is not cropped, the mask is the head region (or the
-    whole slice) and ``fallback`` is True.
+    whole slice) and ``fallback`` is True. ``extraction``: the result of :func:`extract_brain`
+    on the same slice and config, if the caller already has it (it is not recomputed).
 
     Raises:
         ValueError: ``gray`` is not a finite 2-D array, or an extra mask has another shape.
@@ -324,7 +328,7 @@ def preprocess_slice(
     _check_config(config)
     gray = _check_gray(gray)
     extras = _check_extra(extra_masks, gray.shape)
-    extraction = extract_brain(gray, config)
+    extraction = extraction if extraction is not None else extract_brain(gray, config)
     box = _Box(0, gray.shape[0], 0, gray.shape[1])
     if extraction.ok:
         mask, coverage = extraction.mask, extraction.coverage

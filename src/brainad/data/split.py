@@ -33,7 +33,7 @@ from brainad.utils import atomic_path
 log = logging.getLogger("brainad")
 
 SPLITS = ("train", "val", "test")
-EXCLUDED = ("duplicate", "conflict", "quarantined")
+EXCLUDED = ("duplicate", "conflict", "quarantined", "curated")
 SPLIT_FIELDS = ("path", "sha256", "label", "class_name", "folder", "cluster", "split")
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
 CHAIN_WARN_MIN, CHAIN_WARN_FRACTION = 50, 0.05  # a cluster above both sizes is suspicious
@@ -64,8 +64,10 @@ class SplitResult(NamedTuple):
 
     Args:
         assignment: ``train``/``val``/``test``, or ``duplicate`` (a non-representative member when
-            keep is ``representative``), ``conflict`` (cluster mixes healthy and anomalous files)
-            or ``quarantined`` (the file could not be decoded).
+            keep is ``representative``), ``conflict`` (cluster mixes healthy and anomalous files),
+            ``quarantined`` (the file could not be decoded) or ``curated`` (the curation filter
+            dropped it: the manifest's ``curation`` reason); clusters are split by their
+            remaining members.
         representative: True for exactly one member of every cluster of decodable files.
     """
 
@@ -251,7 +253,10 @@ def split_by_cluster(rows: list[dict], clusters: Clusters, config: SplitConfig) 
     assignment = ["quarantined"] * len(rows)
     representative = [False] * len(rows)
     for members in group_members(clusters):
-        usable = [i for i in members if not rows[i]["error"]]
+        curated = [i for i in members if not rows[i]["error"] and rows[i].get("curation")]
+        for i in curated:
+            assignment[i] = "curated"
+        usable = [i for i in members if not rows[i]["error"] and i not in curated]
         if not usable:
             continue
         labels = {rows[i]["label"] for i in usable}
@@ -385,6 +390,11 @@ def split_report(
             {"path": row["path"], "reason": row["error"]}
             for row, split in zip(rows, result.assignment, strict=True)
             if split == "quarantined"
+        ],
+        "curated": [
+            {"path": row["path"], "reason": row.get("curation", "")}
+            for row, split in zip(rows, result.assignment, strict=True)
+            if split == "curated"
         ],
         "cross_split_near_duplicate_pairs": leak,
         "subjects": len({row["subject"] for row in rows if row.get("subject")}),

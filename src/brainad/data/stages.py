@@ -13,6 +13,9 @@ from pathlib import Path
 
 from brainad.config import StudyConfig, to_dict
 from brainad.data import arrays as arrays_lib
+from brainad.data import curation as curation_lib
+from brainad.data import datareport as report_lib
+from brainad.data import labelfit, stripqc
 from brainad.data import manifest as manifest_lib
 from brainad.data import qa as qa_lib
 from brainad.data import split as split_lib
@@ -20,19 +23,37 @@ from brainad.data.arrays import save_arrays
 from brainad.data.imageio import read_image
 from brainad.data.preprocess import preprocess_slice
 from brainad.data.sources import acquire
-from brainad.utils import write_json
+from brainad.utils import write_json, write_text
 
 log = logging.getLogger("brainad")
 
 
 def run_prepare(
-    config: StudyConfig, raw_dir: Path, download_dir: Path, manifest_path: Path, report_path: Path
+    config: StudyConfig,
+    raw_dir: Path,
+    download_dir: Path,
+    manifest_path: Path,
+    report_path: Path,
+    labels_dir: Path | None = None,
 ) -> dict:
-    """Acquire the raw data, filter classes and write the manifest with the dataset fingerprint."""
+    """Acquire the raw data, filter classes, label every slice (plane, modality, sequence, flags;
+    accuracy measured on the held-out annotations), apply the curation filter, and write the
+    manifest with the dataset fingerprint; the label report goes to ``labels_dir`` (default: the
+    folder ``labels`` beside ``report_path``)."""
+    labels_dir = Path(labels_dir) if labels_dir is not None else report_path.with_name("labels")
 
+    curation_lib.check_filter(config.filter)
     result = acquire(config.source, config.phantom, raw_dir, download_dir, config.volume)
     manifest = manifest_lib.build_manifest(result.root, config.filter, config.preprocess.max_pixels)
+    clusters = split_lib.cluster_duplicates(manifest.rows, config.split.hash_distance)
+    labels = labelfit.label_rows(
+        manifest.rows, result.root, clusters.ids, config.filter, config.preprocess.max_pixels
+    )
+    dropped = curation_lib.apply_filter(manifest.rows, config.filter)
     manifest_lib.write_manifest(manifest_path, manifest)
+    write_json(labels_dir / "labels.json", labels)
+    markdown = report_lib.labels_markdown(labels, config.name)
+    write_text(labels_dir / "labels.md", markdown)
     errors = Counter(row["error"] for row in manifest.rows if row["error"])
     report = {
         "study": config.name,
@@ -45,6 +66,8 @@ def run_prepare(
         "unreadable": sum(errors.values()),
         "unreadable_reasons": dict(errors),
         "warnings": manifest.warnings,
+        "curated_by_reason": dropped,
+        "curated": sum(dropped.values()),
     }
     write_json(report_path, report)
     log.info(
@@ -67,7 +90,14 @@ def run_split(
     result = split_lib.split_by_cluster(rows, clusters, config.split)
     report = split_lib.split_report(rows, clusters, result, config.split.hash_distance)
     split_lib.write_split(split_path, rows, clusters, result)
+    report["strata"] = curation_lib.strata_counts(rows, result.assignment)
+    report["sheets"] = report_lib.group_sheets(
+        raw_dir, rows, result.assignment, report_dir / "sheets", config.split.seed
+    )
     write_json(report_dir / "split.json", report)
+    title = f"{config.name}: strata before/after curation"
+    markdown = curation_lib.strata_markdown(report["strata"], title, report["sheets"])
+    write_text(report_dir / "strata.md", markdown)
     qa_lib.plot_duplicate_clusters(
         raw_dir, rows, clusters, report_dir / "duplicates.png", seed=config.split.seed
     )
@@ -133,6 +163,10 @@ def run_preprocess(
         _collect_qa_samples(raw_dir, out, samples, config)
     report["quarantined"] = quarantined
     report["coverage"] = qa_lib.coverage_stats(records)
+    annotated = [r for r in rows.values() if r["label_source"] == "annotation"]
+    measured = stripqc.measure_rows(raw_dir, annotated, config.preprocess)
+    report["strip_qc"] = stripqc.strip_report(records, rows, measured)
+    write_text(report_dir / "strip_qc.md", stripqc.strip_markdown(report["strip_qc"], config.name))
     report["files_in"] = len(rows)
     report["accounted"] = sum(
         s["accepted"] + s["quarantined"] for s in report["splits"].values()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers.volumes import phantom_volume, write_nifti
 
-from brainad.config import FilterConfig, load_study
+from brainad.config import load_study
 from brainad.data.arrays import preprocess_files
 from brainad.data.imageio import read_image
 from brainad.data.manifest import build_manifest
@@ -21,7 +21,9 @@ from brainad.data.volumes import read_nifti, slice_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = load_study("demo", ROOT / "params.yaml")
-FILTER = FilterConfig(("healthy",), ("anomalous",))
+FILTER = dataclasses.replace(
+    STUDY.filter, healthy_classes=("healthy",), anomaly_classes=("anomalous",)
+)
 
 
 def _source(uri: Path):

@@ -264,7 +264,7 @@ def test_seed_spread_sets_every_fit_seed_and_measures_sd() -> None:
     config = seeds.seeded(load_study("demo", REPO / "params.yaml"), 7, 0.25)
     fits = [config.vqgan.fit, config.dcgan.fit, config.dcgan.encoder_fit, config.vqgan_prior.fit]
     assert {f.seed for f in fits} == {7}
-    assert [f.epochs for f in fits] == [15, 25, 15, 10]  # 60, 100, 60, 40 x 0.25
+    assert [f.epochs for f in fits] == [5, 15, 8, 6]  # 20, 60, 30, 25 x 0.25, rounded
     assert seeds.flatten({"m": {"kind": "model", "real": {"roc_auc": 0.8, "x": None}}}) == {
         "m.real.roc_auc": 0.8
     }

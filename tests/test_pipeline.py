@@ -77,6 +77,7 @@ def scratch_repo(repo: Path, studies: dict) -> dict:
     shutil.copytree(ROOT / "stages", repo / "stages")
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(ROOT / "annotations", repo / "annotations")  # a dep of prepare (the labeler)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["studies"] = {
         name: {**{section: {} for section in params["defaults"]}, **overrides}

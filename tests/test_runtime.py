@@ -89,7 +89,11 @@ def test_describe_records_cpu_kernels_threads_and_versions() -> None:
     with runtime.deterministic_kernels(True):
         record = runtime.describe(True)
     assert record["mode"] == "same-machine"  # pytest did not pin its environment
-    assert record["cpu_model"] and record["threads"] == 1 and not record["onednn"]["enabled"]
+    assert (
+        record["cpu_model"]
+        and record["threads"] == runtime.THREADS
+        and not record["onednn"]["enabled"]
+    )
     assert record["versions"]["torch"] == str(torch.__version__) and record["onednn"]["version"]
     assert runtime.describe(False)["mode"] == "fast"
     json.dumps(record)  # checkpoint extras and evaluation.json hold it

@@ -151,8 +151,7 @@ def markdown(document: dict[str, Any]) -> str:
     return "\n".join([*lines, ""])
 
 
-def _runtime_record(config: StudyConfig) -> dict[str, Any]:
-    deterministic = runtime.study_deterministic(config)
+def _runtime_record(deterministic: bool) -> dict[str, Any]:
     with runtime.deterministic_kernels(deterministic):
         return runtime.describe(deterministic)
 
@@ -174,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.seeds) < 2 or not 0 < args.epoch_scale <= 1:
         parser.error("need at least two --seeds and 0 < --epoch-scale <= 1")
-    config = seeded(load_study(args.study, args.params), 0, 1.0, args.fast)
-    runtime.prepare_process(runtime.study_deterministic(config), restart=True)
+    config = load_study(args.study, args.params)
+    deterministic = runtime.study_deterministic(config) and not args.fast
+    runtime.prepare_process(deterministic, restart=True)
     from brainad.utils import setup_logging, write_json, write_text
 
     setup_logging()
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix=f"brainad-seed{seed}-") as tmp:
             log.info("seed spread: seed %d of %s", seed, args.seeds)
-            per_seed[seed] = train_and_evaluate(seeded(config, seed, args.epoch_scale, args.fast), arrays,
-                                                Path(tmp))  # fmt: skip
+            run_config = seeded(config, seed, args.epoch_scale, args.fast)
+            per_seed[seed] = train_and_evaluate(run_config, arrays, Path(tmp))
     document = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "epoch_scale": args.epoch_scale,
         "fast": args.fast,
         "seconds": time.perf_counter() - started,
-        "runtime": _runtime_record(config),
+        "runtime": _runtime_record(deterministic),
         "metrics": spread(per_seed),
     }
     write_json(out / "spread.json", document)

@@ -77,6 +77,25 @@ def test_thick_scalp_ring_larger_than_the_brain_is_stripped(config: PreprocessCo
     assert result.ok and _dice(result.mask, brain) >= 0.9
 
 
+def test_scalp_joined_to_the_brain_is_peeled_at_the_skull(config: PreprocessConfig) -> None:
+    """T1-weighted heads: bright scalp fat joined to the brain by bright bridges wider than the
+    opening (temporal muscle, orbits) — the candidate reaches the head's outline, and the scalp is
+    cut at the dark skull ring instead of being kept."""
+    yy, xx = np.mgrid[:128, :128]
+    radius = np.hypot(yy - 63.5, xx - 63.5) / 128
+    angle = np.arctan2(yy - 63.5, xx - 63.5)
+    brain, scalp = radius < 0.32, (radius >= 0.38) & (radius < 0.45)
+    bridges = (radius >= 0.32) & (radius < 0.38) & (np.abs(np.sin(2 * angle)) < 0.12)
+    image = np.full(radius.shape, 0.02) + np.where(brain, 0.45, 0)
+    image += np.where(scalp | bridges, 0.9, 0) + np.where(
+        (radius >= 0.32) & (radius < 0.38), 0.06, 0
+    )
+    result = extract_brain(image.astype(np.float32), config)
+    assert result.ok, result.reason
+    assert not (result.mask & scalp).any()
+    assert _dice(result.mask, brain) >= 0.85
+
+
 def test_dark_slice_is_extracted_like_the_bright_one(config: PreprocessConfig) -> None:
     phantom = _phantom(3, 128, "flair")
     bright = extract_brain(phantom.image / 255.0, config)

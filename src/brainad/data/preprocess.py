@@ -43,6 +43,9 @@ _EDGE_PX = 3  # a candidate within this distance (working pixels) of ...
 _EDGE_FRACTION = 0.5  # ... this fraction of the head outline touches it (scalp not separated)
 _HEAD_FACTOR = 0.5  # the head region is everything above half the Otsu threshold
 _MIN_CONTRAST = 2  # grey levels (of 255) below which a working copy is blank
+_SKULL_MAX_DEPTH = 0.25  # of the head's equivalent radius: the deepest a skull ring is looked for
+_SULCUS_FRACTION = 0.08  # closing disk that fills surface sulci, of the brain's diameter
+_SCALP_CONTRAST = 1.3  # a scalp's peak grey level is at least this times the brain's
 
 
 class BrainExtraction(NamedTuple):
@@ -179,6 +182,53 @@ def _touches_edge(candidate: np.ndarray, head: np.ndarray) -> bool:
     return bool((near & outline).sum() > _EDGE_FRACTION * max(outline.sum(), 1))
 
 
+def _depth_profile(work: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance of each head pixel to the head's outline, and the median grey level of each
+    one-pixel ring of that distance, from the outline inwards (index = depth in pixels)."""
+    depth = cv2.distanceTransform(head.astype(np.uint8), cv2.DIST_L2, 5)
+    rings = np.floor(depth[head]).astype(np.int64)
+    values = work[head]
+    order = np.lexsort((values, rings))
+    rings, values = rings[order], values[order]
+    starts = np.searchsorted(rings, np.arange(rings.max() + 1))
+    ends = np.searchsorted(rings, np.arange(rings.max() + 1), side="right")
+    medians = np.array(
+        [values[(a + b - 1) // 2] if b > a else 0 for a, b in zip(starts, ends)], np.float32
+    )
+    return depth, medians
+
+
+def _peel_scalp(work: np.ndarray, head: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Cut the scalp off a brain candidate that reaches the head's outline (bright scalp fat
+    joined to the brain, typical of T1-weighted slices). Following the head inwards ring by ring
+    (distance from its outline), a scalp shows as a bright peak, the skull as the darker valley
+    after it, and the brain as the level beyond; the candidate is cut at the valley's deepest
+    point. A head without a scalp peak clearly brighter than its brain (:data:`_SCALP_CONTRAST`)
+    and a valley below the brain level keeps the candidate unchanged."""
+    depth, level = _depth_profile(work, head)
+    radius = np.sqrt(head.sum() / np.pi)
+    reach = min(len(level) - 1, max(4, int(_SKULL_MAX_DEPTH * radius)))
+    inner = float(np.median(work[head & (depth > reach)])) if (depth > reach).any() else 0.0
+    peak = 1 + int(np.argmax(level[1:reach]))
+    if level[peak] < _SCALP_CONTRAST * max(inner, 1.0) or peak + 1 >= reach:
+        return brain
+    valley = peak + 1 + int(np.argmin(level[peak + 1 : reach + 1]))
+    if level[valley] >= inner:
+        return brain
+    kept = _fill_holes(_largest_component(_open(brain & (depth > valley))))
+    return kept if kept.sum() >= _MIN_HEAD_FRACTION * brain.sum() else brain
+
+
+def _close_sulci(brain: np.ndarray) -> np.ndarray:
+    """Fill the dark sulci and CSF that a threshold leaves out at the brain's surface (the mask of
+    a FLAIR or T1 slice follows the gyri): a closing with a disk of :data:`_SULCUS_FRACTION` of
+    the mask's equivalent diameter, then hole filling. Concavities wider than that disk (the
+    interhemispheric fissure at the poles, a resection) stay open."""
+    side = max(3, int(_SULCUS_FRACTION * 2 * np.sqrt(brain.sum() / np.pi)) | 1)
+    closed = cv2.morphologyEx(brain.astype(np.uint8), cv2.MORPH_CLOSE, _disk(side))
+    return _fill_holes(closed.astype(bool))
+
+
 def _brain_work(work: np.ndarray, erosion_px: int) -> np.ndarray:
     """Brain mask at working resolution (see the module docstring for the steps).
 
@@ -198,10 +248,11 @@ def _brain_work(work: np.ndarray, erosion_px: int) -> np.ndarray:
         if not _touches_edge(candidate, head):
             separated = candidate
             continue
-        brain = candidate
+        brain = _peel_scalp(work, head, candidate)
         break
     if separated is not None and separated.sum() >= _MIN_HEAD_FRACTION * head.sum():
         brain = separated
+    brain = _close_sulci(brain)
     if erosion_px > 0:
         brain = cv2.erode(brain.astype(np.uint8), _disk(2 * erosion_px + 1)).astype(bool)
     return _largest_component(brain) if brain.any() else brain

@@ -166,6 +166,9 @@ def run_preprocess(
     annotated = [r for r in rows.values() if r["label_source"] == "annotation"]
     measured = stripqc.measure_rows(raw_dir, annotated, config.preprocess)
     report["strip_qc"] = stripqc.strip_report(records, rows, measured)
+    report["strip_qc"]["sheets"] = stripqc.strip_sheets(
+        raw_dir, records, rows, config.preprocess, report_dir / "strip_sheets"
+    )
     write_text(report_dir / "strip_qc.md", stripqc.strip_markdown(report["strip_qc"], config.name))
     report["files_in"] = len(rows)
     report["accounted"] = sum(

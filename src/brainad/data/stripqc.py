@@ -31,6 +31,7 @@ from brainad.config import PreprocessConfig
 from brainad.data.imageio import ImageDecodeError, read_image
 from brainad.data.labels import flag_set
 from brainad.data.preprocess import extract_brain, head_mask
+from brainad.utils import atomic_path
 
 
 class StripRule(NamedTuple):
@@ -157,13 +158,72 @@ def strip_report(records: list[dict], rows: dict[str, dict], annotated: list[tup
             for name, cells in sorted(agreement.items())
         },
         "annotated_rule_reasons": dict(reasons),
-        "note": "rule limits chosen by looking at the same annotated sample: agreement is optimistic",
+        "note": (
+            "rule limits chosen by looking at the same annotated sample: agreement is optimistic; "
+            "the annotations' strip_failed flags judged the stripping before the scalp peel and "
+            "sulcus closing (annotations/README.md), so disagreement here can be a fixed failure"
+        ),
     }
 
 
 def _agrees(cell: str) -> bool:
     truth, rule = cell.split("/")
     return truth.split("_")[1] == rule.split("_")[1]
+
+
+SHEET_PER_GROUP = 32  # accepted slices drawn per class x plane x sequence
+SHEET_TILE = 80  # pixels per tile
+SHEET_COLUMNS = 8
+
+
+def _sheet_tile(root: Path, row: dict, config: PreprocessConfig, failed: bool) -> np.ndarray:
+    """One RGB tile: the slice with its brain mask's outline in red, a blue corner where the rule
+    flags it."""
+    gray = read_image(Path(root) / row["path"], config.max_pixels).gray
+    extraction = extract_brain(gray, config)
+    g = cv2.resize(gray.astype(np.float32), (SHEET_TILE, SHEET_TILE), interpolation=cv2.INTER_AREA)
+    g = (g - g.min()) / max(float(g.max() - g.min()), 1e-6)
+    mask = cv2.resize(extraction.mask.astype(np.uint8), (SHEET_TILE, SHEET_TILE)) > 0
+    tile = np.repeat(g[..., None], 3, axis=2)
+    tile[mask & ~(cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)] = (1, 0, 0)
+    if failed:
+        tile[:8, :8] = (0.1, 0.3, 1.0)
+    return (tile * 255).astype(np.uint8)
+
+
+def strip_sheets(
+    root: Path, records: list[dict], rows: dict[str, dict], config: PreprocessConfig, out_dir: Path
+) -> dict[str, int]:
+    """Contact sheets of the stripping, per class x plane x sequence of the accepted slices: up to
+    :data:`SHEET_PER_GROUP` random slices (fixed seed), each with its brain mask's outline (red)
+    and a blue corner where :func:`strip_failed` flags it, so a person can count failures by eye.
+    Returns ``{sheet file name: slices in its group}``."""
+    from PIL import Image
+
+    groups: dict[str, list[tuple[dict, bool]]] = defaultdict(list)
+    for record in records:
+        row = rows[record["path"]]
+        name = f"{row['class_name']}_{row['plane']}_{row['sequence']}.png"
+        groups[name].append((row, bool(strip_failed(record["strip"], row["sequence"]))))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.png"):
+        stale.unlink()
+    drawn = {}
+    for name, members in sorted(groups.items()):
+        rng = np.random.default_rng(int.from_bytes(name.encode()[:8], "big"))
+        picked = rng.permutation(len(members))[:SHEET_PER_GROUP]
+        tiles = [_sheet_tile(root, members[i][0], config, members[i][1]) for i in sorted(picked)]
+        for number, tile in enumerate(tiles):  # numbered, so a count by eye can name its tiles
+            cv2.putText(tile, str(number), (2, SHEET_TILE - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+                        (255, 255, 0), 1)  # fmt: skip
+        tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % SHEET_COLUMNS)
+        grid = np.vstack(
+            [np.hstack(tiles[k : k + SHEET_COLUMNS]) for k in range(0, len(tiles), SHEET_COLUMNS)]
+        )
+        with atomic_path(out_dir / name) as tmp:
+            Image.fromarray(grid).save(tmp, format="PNG", optimize=True)
+        drawn[name] = len(members)
+    return drawn
 
 
 def strip_markdown(report: dict, study: str) -> str:
@@ -195,4 +255,16 @@ def strip_markdown(report: dict, study: str) -> str:
             f"| {r['class_name']} | {r['plane']} | {r['sequence']} | {r['n']} | "
             f"{r['rule_failed']} | {r['rate']:.2f} |"
         )
+    sheets = report.get("sheets", {})
+    if sheets:
+        lines += [
+            "",
+            f"Contact sheets (`strip_sheets/`, up to {SHEET_PER_GROUP} random accepted slices per "
+            "group, brain-mask outline red, rule-flagged tiles with a blue corner):",
+            "",
+            *[
+                f"- `{name}`: {SHEET_PER_GROUP if n > SHEET_PER_GROUP else n} of {n}"
+                for name, n in sheets.items()
+            ],
+        ]
     return "\n".join(lines) + "\n"

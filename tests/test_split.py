@@ -134,6 +134,22 @@ def test_representative_is_largest_and_others_are_duplicates(rows, clusters) -> 
     assert sum(result.representative) == n_usable
 
 
+def test_train_all_keeps_every_train_member_and_one_per_cluster_elsewhere(rows, clusters) -> None:
+    result = split_by_cluster(rows, clusters, replace(CONFIG, keep="train_all"))
+    kept: dict[str, Counter] = defaultdict(Counter)
+    sizes = Counter(int(c) for r, c in zip(rows, clusters.ids, strict=True) if not r["error"])
+    for c, split in zip(clusters.ids, result.assignment, strict=True):
+        if split in SPLITS:
+            kept[split][int(c)] += 1
+    assert kept["train"] and all(n == sizes[c] for c, n in kept["train"].items())
+    assert any(n > 1 for n in kept["train"].values())  # the fixture has train duplicates
+    for split in ("val", "test"):
+        assert set(kept[split].values()) == {1}
+    assert cross_split_pairs(rows, result.assignment, CONFIG.hash_distance) == 0
+    with pytest.raises(ValueError, match="split.keep must be one of"):
+        split_by_cluster(rows, clusters, replace(CONFIG, keep="everything"))
+
+
 def test_fractions_anomalies_never_train() -> None:
     rows = fake_rows(2000, "healthy", seed=1) + fake_rows(1000, "anomaly", seed=2)
     result = split_by_cluster(rows, cluster_duplicates(rows, 10), CONFIG)

@@ -88,7 +88,8 @@ class SplitConfig:
     Args:
         hash_distance: two images whose 64-bit perceptual hashes differ in at most this many bits
             are near-duplicates; clusters are connected components of that relation.
-        keep: ``representative`` keeps one image per cluster, ``all`` keeps every member.
+        keep: ``representative`` keeps one image per cluster, ``all`` keeps every member,
+            ``train_all`` every member in train and one per cluster in val/test.
         val_fraction: fraction of healthy clusters for validation.
         test_fraction: fraction of healthy clusters for test.
         anomaly_val_fraction: fraction of anomalous clusters for validation (the rest go to test).
@@ -96,7 +97,7 @@ class SplitConfig:
     """
 
     hash_distance: int
-    keep: Literal["representative", "all"]
+    keep: Literal["representative", "all", "train_all"]
     val_fraction: float
     test_fraction: float
     anomaly_val_fraction: float

@@ -13,6 +13,12 @@ hashed to [0, 1): adding files to the dataset does not move existing clusters to
 Healthy clusters go to train/val/test; anomalous clusters only to val/test (the models are
 unsupervised and never see an anomaly in training); clusters mixing healthy and anomalous files are
 excluded as conflicts, and files that could not be decoded are quarantined.
+
+Of each cluster, ``split.keep`` decides what is kept (:data:`KEEP`): ``representative`` (its
+largest member; the others are ``duplicate``), ``all`` (every member: slices of volumes), or
+``train_all`` (every member in train — near-duplicates of each other, never of another split, so
+using them as extra training views is leak-free — and the representative in val and test, so
+every evaluated image is distinct).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from brainad.utils import atomic_path
 log = logging.getLogger("brainad")
 
 SPLITS = ("train", "val", "test")
+KEEP = ("representative", "all", "train_all")
 EXCLUDED = ("duplicate", "conflict", "quarantined", "curated")
 SPLIT_FIELDS = ("path", "sha256", "label", "class_name", "folder", "cluster", "split")
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
@@ -215,8 +222,8 @@ def _check_config(config: SplitConfig) -> None:
             "split.val_fraction + split.test_fraction must be < 1 (train needs healthy clusters), "
             f"got {config.val_fraction} + {config.test_fraction}"
         )
-    if config.keep not in ("representative", "all"):
-        raise ValueError(f"split.keep must be 'representative' or 'all', got {config.keep!r}")
+    if config.keep not in KEEP:
+        raise ValueError(f"split.keep must be one of {list(KEEP)}, got {config.keep!r}")
 
 
 def stable_unit(seed: int, key: str) -> float:
@@ -238,6 +245,11 @@ def _cluster_split(labels: set[str], unit: float, config: SplitConfig) -> str:
     if labels == {"anomaly"}:
         return "val" if unit < config.anomaly_val_fraction else "test"
     return "conflict"
+
+
+def _keeps_all(keep: str, split: str) -> bool:
+    """Whether every member of a cluster assigned to ``split`` is kept (else its representative)."""
+    return keep == "all" or (keep == "train_all" and split == "train")
 
 
 def _representative(rows: list[dict], members: list[int]) -> int:
@@ -269,7 +281,7 @@ def split_by_cluster(rows: list[dict], clusters: Clusters, config: SplitConfig) 
             chosen = _representative(rows, cluster)
             representative[chosen] = True
             for i in cluster:
-                keep = split == "conflict" or config.keep == "all" or i == chosen
+                keep = split == "conflict" or i == chosen or _keeps_all(config.keep, split)
                 assignment[i] = split if keep else "duplicate"
     log.info("split: %s", dict(sorted(Counter(assignment).items())))
     return SplitResult(assignment, representative)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainad.config import EvaluateConfig, LesionConfig
+from brainad.config import EvaluateConfig, LesionConfig, MatchedConfig
 from brainad.scoring.baselines import (
     Baseline,
     ImageStats,
@@ -53,6 +53,7 @@ def config() -> EvaluateConfig:
         pca_components=5,
         seed=0,
         lesions=LesionConfig(1, (0.1, 0.1), (2.0, 2.0), 1.0, 0, 0.0),
+        matched=MatchedConfig(("axial",), ("T1",), ("T1CE",)),
     )
 
 

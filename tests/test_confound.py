@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainad.config import EvaluateConfig, LesionConfig
+from brainad.config import EvaluateConfig, LesionConfig, MatchedConfig
 from brainad.data.arrays import SplitArrays
 from brainad.evaluation.confound import confound_ceiling, trivial_features
 
@@ -39,7 +39,8 @@ def _split(name: str, n: int, seed: int) -> tuple[SplitArrays, list[dict]]:
 
 @pytest.fixture
 def ev() -> EvaluateConfig:
-    return EvaluateConfig(50, 0.95, 5, 0, LesionConfig(1, (0.1, 0.1), (2.0, 2.0), 1.0, 0, 0.0))
+    lesions = LesionConfig(1, (0.1, 0.1), (2.0, 2.0), 1.0, 0, 0.0)
+    return EvaluateConfig(50, 0.95, 5, 0, lesions, MatchedConfig(("axial",), ("T1",), ("T1CE",)))
 
 
 def test_ceiling_finds_a_shortcut_and_stays_near_chance_without_one(ev: EvaluateConfig) -> None:

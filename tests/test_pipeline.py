@@ -58,7 +58,11 @@ MICRO = {
         "fit": MICRO_FIT,
     },
     "score": {"batch_size": 16},
-    "evaluate": {"bootstrap": 20, "pca_components": 4},
+    "evaluate": {
+        "bootstrap": 20,
+        "pca_components": 4,
+        "matched": {"healthy_sequences": ["T1"], "anomalous_sequences": ["T1"]},
+    },
 }
 
 
@@ -116,6 +120,7 @@ def test_pipeline_writes_every_report(micro_repo) -> None:
     assert ceiling["kind"] == "ceiling" and 0.0 <= ceiling["real"]["roc_auc"] <= 1.0
     for entry in metrics.values():
         assert 0.0 <= entry["real"]["roc_auc"] <= 1.0
+        assert 0.0 <= entry["real"]["matched"]["roc_auc"] <= 1.0  # like with like: T1 phantoms
         assert 0.0 <= entry["lesion"]["roc_auc"] <= 1.0
         assert {"kind_blob", "kind_tissue"} <= set(entry["lesion"])  # per lesion kind
     split = json.loads((reports / "split" / "split.json").read_text())
@@ -124,6 +129,7 @@ def test_pipeline_writes_every_report(micro_repo) -> None:
     assert "vqgan" in summary and "dataset_fingerprint" in summary
     assert "confound ceiling" in summary and "Track 2 by lesion kind and size" in summary
     assert "Deterministic run: pinned kernels" in summary
+    assert "Headline: track 1 like with like" in summary and "Track 1 per stratum" in summary
     provenance = json.loads((reports / "evaluate" / "evaluation.json").read_text())["provenance"]
     assert provenance["runtime"]["mode"] == "deterministic"  # the stages pinned their kernels
     assert (

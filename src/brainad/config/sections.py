@@ -286,6 +286,23 @@ class LesionConfig:
 
 
 @dataclass(frozen=True)
+class MatchedConfig:
+    """The like-with-like comparison of the real track, reported as its headline: anomalous test
+    scans of the ``anomalous_sequences`` against healthy test scans of the ``healthy_sequences``,
+    both in one of the view ``planes`` (labels of the manifest, :mod:`brainad.data.labels`).
+
+    Args:
+        planes: view planes both groups are taken from.
+        healthy_sequences: sequence labels of the healthy scans compared.
+        anomalous_sequences: sequence labels of the anomalous scans compared.
+    """
+
+    planes: tuple[str, ...]
+    healthy_sequences: tuple[str, ...]
+    anomalous_sequences: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """Test-split metrics, bootstrap intervals, baselines and the paired lesion track.
 
@@ -295,6 +312,7 @@ class EvaluateConfig:
         pca_components: components of the PCA-reconstruction baseline.
         seed: seed for bootstrap and sampling of figure examples.
         lesions: the paired implanted-lesion track.
+        matched: the real track's like-with-like stratum (its headline).
     """
 
     bootstrap: int
@@ -302,6 +320,7 @@ class EvaluateConfig:
     pca_components: int
     seed: int
     lesions: LesionConfig
+    matched: MatchedConfig
 
 
 @dataclass(frozen=True)

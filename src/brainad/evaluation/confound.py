@@ -24,6 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from brainad import metrics as metrics_lib
 from brainad.config import EvaluateConfig
 from brainad.data.arrays import SplitArrays
+from brainad.evaluation.tracks import Strata, stratum_metrics
 
 log = logging.getLogger("brainad")
 
@@ -79,11 +80,16 @@ def _categories(rows: dict[str, dict]) -> dict[str, list[str]]:
 
 
 def confound_ceiling(
-    val: SplitArrays, test: SplitArrays, manifest_rows: list[dict], ev: EvaluateConfig
+    val: SplitArrays,
+    test: SplitArrays,
+    manifest_rows: list[dict],
+    ev: EvaluateConfig,
+    strata: Strata | None = None,
 ) -> dict:
     """The ceiling's record: the chosen classifier, every candidate's validation CV ROC-AUC, and
     the chosen one's test ROC-AUC with a bootstrap CI (``None`` values where validation lacks a
-    class or has too few images per class for :data:`CV_FOLDS` folds)."""
+    class or has too few images per class for :data:`CV_FOLDS` folds); with the test scans'
+    ``strata``, also its like-with-like ``matched`` and ``by_stratum`` records."""
     rows = {r["path"]: r for r in manifest_rows}
     categories = _categories(rows)
     x_val, x_test = (trivial_features(a, rows, categories) for a in (val, test))
@@ -101,6 +107,8 @@ def confound_ceiling(
     classifier = _classifiers(ev.seed)[chosen].fit(x_val, y_val)
     scores = classifier.predict_proba(x_test)[:, 1]
     ci = metrics_lib.bootstrap_ci(test.labels, scores, 0.5, ev.bootstrap, ev.ci, ev.seed)
+    if strata is not None:
+        record.update(stratum_metrics(ev, test.labels, scores, 0.5, strata))
     return {**record, "chosen": chosen, "roc_auc": ci["roc_auc"]["value"], "ci": ci["roc_auc"]}
 
 

@@ -22,8 +22,10 @@ from brainad.evaluation.confound import CEILING, confound_ceiling
 from brainad.evaluation.tracks import (
     LesionTrack,
     MethodResult,
+    Strata,
     curves,
     lesion_track,
+    strata_of,
     track_metrics,
 )
 from brainad.models import registry
@@ -40,9 +42,14 @@ PROVENANCE_PATHS = ("src", "stages", "params.yaml", "dvc.yaml", "pyproject.toml"
 
 
 def evaluate_detector(
-    config: StudyConfig, detector: Detector, splits: dict[str, SplitArrays], track: LesionTrack
+    config: StudyConfig,
+    detector: Detector,
+    splits: dict[str, SplitArrays],
+    track: LesionTrack,
+    strata: Strata | None = None,
 ) -> tuple[MethodResult, Calibration]:
-    """Fit (healthy train) → calibrate (validation) → score the test split and the lesion track."""
+    """Fit (healthy train) → calibrate (validation) → score the test split and the lesion track
+    (the real track per stratum too, with the test scans' ``strata``)."""
     train, val, test = splits["train"], splits["val"], splits["test"]
     healthy = train.labels == 0
     detector.fit(train.images[healthy].astype(np.float32), train.brain_masks[healthy])
@@ -54,7 +61,7 @@ def evaluate_detector(
         detector, calibration, track.lesions.images, track.brain_masks, True
     )
     metrics = track_metrics(
-        config.evaluate, test, track, result_test, result_lesion, calibration.threshold
+        config.evaluate, test, track, result_test, result_lesion, calibration.threshold, strata
     )
     if detector.kind == "model":
         metrics["scoring_seconds_per_image"] = seconds_per_image  # includes any latent search
@@ -82,11 +89,12 @@ def evaluate_model(
     track: LesionTrack,
     meta: dict,
     device: torch.device,
+    strata: Strata | None = None,
 ) -> MethodResult:
     """Evaluate a trained model and save its scorer bundle (calibration fitted on validation)."""
     model, payload = load_model(model_path, device=device)
     detector = make_detector(name, model, config.score, config.perceptual, device)
-    result, calibration = evaluate_detector(config, detector, splits, track)
+    result, calibration = evaluate_detector(config, detector, splits, track, strata)
     epoch = int(payload.get("epoch", 0))
     bundle_meta = {**meta, "model": name, "epoch": epoch, "source_model": str(model_path)}
     save_scorer(
@@ -183,7 +191,7 @@ def run_evaluate(
     baseline, write reports. Models are read from ``model_dir`` and their training reports from
     ``train_dir/<name>`` (file names: :mod:`brainad.models.registry`). With the study's
     ``manifest``, the confound ceiling (:mod:`brainad.evaluation.confound`) is reported too."""
-    from brainad.evaluation import figures, report
+    from brainad.evaluation import figures, report, summary
     from brainad.utils import read_json, select_device, write_json, write_text
 
     with deterministic_kernels(study_deterministic(config)):  # pinned in deterministic mode
@@ -193,6 +201,8 @@ def run_evaluate(
         track = lesion_track(config.evaluate.lesions, test)
         lineage = provenance(config, read_json(prepare_report), device)
         meta = {"study": config.name, "dataset_fingerprint": lineage["dataset_fingerprint"]}
+        rows = read_manifest(manifest) if manifest is not None else None
+        strata = strata_of(test, rows, config.evaluate.matched) if rows is not None else None
         results = [
             evaluate_model(
                 config,
@@ -203,21 +213,20 @@ def run_evaluate(
                 track,
                 meta,
                 device,
+                strata,
             )
             for name in registry.MODEL_NAMES
         ]
         results += [
-            evaluate_detector(config, baseline, splits, track)[0]
+            evaluate_detector(config, baseline, splits, track, strata)[0]
             for baseline in default_baselines(config.evaluate)
         ]
         lineage["training"] = {r.name: r.metrics["training"] for r in results if r.kind == "model"}
         compact = report.compact_metrics(results)
         methods = {r.name: r.metrics for r in results}
         ceiling = None
-        if manifest is not None:
-            ceiling = confound_ceiling(
-                splits["val"], test, read_manifest(manifest), config.evaluate
-            )
+        if rows is not None:
+            ceiling = confound_ceiling(splits["val"], test, rows, config.evaluate, strata)
             compact[CEILING], methods[CEILING] = report.ceiling_entries(ceiling)
         write_json(report_dir / "metrics.json", compact)
         write_json(report_dir / "evaluation.json", {"provenance": lineage, "methods": methods})
@@ -226,7 +235,7 @@ def run_evaluate(
         figures.render_figures(report_dir / "figures", results, test, track, train_dir, config)
         write_text(
             report_dir / "summary.md",
-            report.summary_markdown(
+            summary.summary_markdown(
                 config.name,
                 results,
                 lineage,
@@ -234,6 +243,7 @@ def run_evaluate(
                 leak=read_json(split_report).get("official_split_leak"),
                 ablation=read_json(ablation_report) if ablation_report else None,
                 ceiling=ceiling,
+                matched=config.evaluate.matched if strata is not None else None,
             ),
         )
     log.info(

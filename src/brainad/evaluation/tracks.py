@@ -2,6 +2,8 @@
 
 * ``real``: anomalous vs healthy test scans (per class and folder too; pixel metrics where the
   data has lesion masks) — confounded on real data by where the images came from;
+  per stratum of the manifest's view plane x sequence labels, and as its headline the
+  like-with-like comparison of ``evaluate.matched`` (:class:`Strata`);
 * ``lesion``: the paired track — lesioned copies of the healthy test scans against their clean
   twins (same scan, only the lesion differs), with pixel metrics of the anomaly maps.
 """
@@ -14,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from brainad import metrics as metrics_lib
-from brainad.config import EvaluateConfig, LesionConfig
+from brainad.config import EvaluateConfig, LesionConfig, MatchedConfig
 from brainad.data.arrays import SplitArrays
 from brainad.evaluation.lesions import LesionSet, implant_lesions
 from brainad.scoring.detector import ScoredImages
@@ -76,6 +78,68 @@ def lesion_track(config: LesionConfig, arrays: SplitArrays) -> LesionTrack:
     return LesionTrack(lesions, clean_index, arrays.brain_masks[clean_index])
 
 
+class Strata(NamedTuple):
+    """Manifest labels of the test scans, for the per-stratum real track.
+
+    Args:
+        keys: (N,) ``"<plane>/<sequence>"`` of each test scan (``unknown`` where unlabelled).
+        matched: (N,) True for the scans of the like-with-like comparison (``evaluate.matched``).
+    """
+
+    keys: np.ndarray
+    matched: np.ndarray
+
+
+def strata_of(arrays: SplitArrays, rows: list[dict], config: MatchedConfig) -> Strata:
+    """The :class:`Strata` of ``arrays`` from the study's manifest ``rows`` (matched by path).
+
+    Raises:
+        ValueError: a scan of ``arrays`` is not in the manifest (stale arrays: re-run the
+            pipeline).
+    """
+    by_path = {row["path"]: row for row in rows}
+    keys, matched = [], []
+    for path, label in zip(arrays.paths.tolist(), arrays.labels.tolist(), strict=True):
+        row = by_path.get(path)
+        if row is None:
+            raise ValueError(f"{path}: in the arrays but not in the manifest; re-run `dvc repro`")
+        plane, sequence = row.get("plane") or "unknown", row.get("sequence") or "unknown"
+        sequences = config.anomalous_sequences if label == 1 else config.healthy_sequences
+        keys.append(f"{plane}/{sequence}")
+        matched.append(plane in config.planes and sequence in sequences)
+    return Strata(np.array(keys, dtype=np.str_), np.array(matched, dtype=bool))
+
+
+def _stratum_record(
+    ev: EvaluateConfig, labels: np.ndarray, scores: np.ndarray, threshold: float, keep: np.ndarray
+) -> dict:
+    """Metrics with CIs on the scans ``keep`` (counts only unless both classes have 2 scans)."""
+    n = {"healthy": int((labels[keep] == 0).sum()), "anomalous": int((labels[keep] == 1).sum())}
+    if min(n.values()) < 2:
+        return {"n": n}
+    return _with_ci(labels[keep], scores[keep], threshold, ev)
+
+
+def stratum_metrics(
+    ev: EvaluateConfig, labels: np.ndarray, scores: np.ndarray, threshold: float, strata: Strata
+) -> dict:
+    """The real track like with like: ``matched`` (the headline, with CIs) and ``by_stratum``:
+    per plane/sequence, its anomalous scans against its healthy scans (``like_with_like``) and
+    its healthy scans against every anomalous scan (``healthy_vs_all_anomalous``: which healthy
+    contrast a method confuses with the anomalies)."""
+    out = {"matched": _stratum_record(ev, labels, scores, threshold, strata.matched)}
+    out["by_stratum"] = {}
+    for key in sorted(set(strata.keys.tolist())):
+        inside = strata.keys == key
+        record = {"like_with_like": _stratum_record(ev, labels, scores, threshold, inside)}
+        healthy = inside & (labels == 0)
+        if healthy.any() and (labels == 1).any():
+            keep = healthy | (labels == 1)
+            record["healthy_vs_all_anomalous"] = metrics_lib.roc_auc(labels[keep], scores[keep])
+        out["by_stratum"][key] = record
+    return out
+
+
 def _with_ci(labels: np.ndarray, scores: np.ndarray, threshold: float, ev: EvaluateConfig) -> dict:
     out = metrics_lib.all_metrics(labels, scores, threshold)
     out["ci"] = metrics_lib.bootstrap_ci(labels, scores, threshold, ev.bootstrap, ev.ci, ev.seed)
@@ -84,9 +148,15 @@ def _with_ci(labels: np.ndarray, scores: np.ndarray, threshold: float, ev: Evalu
 
 
 def _real_track(
-    ev: EvaluateConfig, test: SplitArrays, scored: ScoredImages, threshold: float
+    ev: EvaluateConfig,
+    test: SplitArrays,
+    scored: ScoredImages,
+    threshold: float,
+    strata: Strata | None,
 ) -> dict:
     out = _with_ci(test.labels, scored.score, threshold, ev)
+    if strata is not None:
+        out.update(stratum_metrics(ev, test.labels, scored.score, threshold, strata))
     out["by_class"] = {}
     for name in sorted(set(test.class_names[test.labels == 1].tolist())):
         keep = (test.labels == 0) | (test.class_names == name)
@@ -133,9 +203,12 @@ def track_metrics(
     result_test: ScoredImages,
     result_lesion: ScoredImages,
     threshold: float,
+    strata: Strata | None = None,
 ) -> dict:
-    """Track 1 (real anomalies) and track 2 (paired lesions) metrics with bootstrap CIs."""
-    out: dict = {"threshold": threshold, "real": _real_track(ev, test, result_test, threshold)}
+    """Track 1 (real anomalies; per stratum with ``strata``) and track 2 (paired lesions)
+    metrics with bootstrap CIs."""
+    real = _real_track(ev, test, result_test, threshold, strata)
+    out: dict = {"threshold": threshold, "real": real}
     clean = result_test.score[track.clean_index]
     lesioned = result_lesion.score
     labels = np.r_[np.zeros(len(clean), np.int8), np.ones(len(lesioned), np.int8)]

@@ -20,18 +20,22 @@ SEGMENTER = SegmenterConfig(
 
 
 def disc_brains(n: int, size: int = SIZE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` images (n, 1, size, size) float32: background exactly -1, a disc of random radius
-    with a smooth texture in about [-0.6, 0.6] and a darker central band; and their brain masks."""
+    """``n`` images (n, 1, size, size) float32 and their brain masks: background exactly -1, a
+    disc of random radius holding an 'anatomy' — vertical stripes of a random phase on a random
+    brightness, a darker central band and a faint smooth texture — in about [-0.9, 0.7]."""
     generator = torch.Generator().manual_seed(seed)
     coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     radius = size * (0.34 + 0.1 * torch.rand(n, 1, 1, 1, generator=generator))
     masks = (yy**2 + xx**2) < radius**2  # (n, 1, S, S)
+    level = 0.4 * torch.rand(n, 1, 1, 1, generator=generator) - 0.2
+    phase = 6.283 * torch.rand(n, 1, 1, 1, generator=generator)
+    stripes = 0.25 * torch.sin(xx * (6.283 / 8) + phase)
     texture = F.interpolate(
         torch.rand(n, 1, 6, 6, generator=generator), size=(size, size), mode="bilinear"
     )
-    band = (xx.abs() < size / 10).float() * 0.4
-    brain = (0.48 * (2 * texture - 1) - band + 0.1).clamp(-0.95, 1.0)
+    band = (xx.abs() < size / 10).float() * 0.3
+    brain = (level + stripes - band + 0.2 * texture).clamp(-0.95, 1.0)
     return torch.where(masks, brain, torch.tensor(-1.0)).contiguous(), masks
 
 

@@ -1,7 +1,7 @@
 """THE detector interface and the one engine that scores, calibrates and thresholds with it.
 
-Every method — VQGAN+D, its token prior, the DCGAN and every trivial baseline — is a
-:class:`Detector`. The evaluate stage, the ablation, train-time validation, ``brainad score`` and
+Every method — VQGAN+D, its token prior, the DCGAN, the denoising autoencoder, the anomaly
+segmenter and every trivial baseline — is a :class:`Detector`. The evaluate stage, the ablation, train-time validation, ``brainad score`` and
 the benchmark all go through the functions of this module:
 
 1. ``detector.maps(images, masks)`` → :class:`AnomalyMaps` (raw pixel maps, per-image values

@@ -18,6 +18,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from brainad.models.registry import MODEL_NAMES
+
 REPO = Path(__file__).resolve().parents[1]
 TOP_KEYS = {
     "schema",
@@ -105,7 +107,7 @@ def test_quick_run_training_entries(quick: tuple[dict, str]) -> None:
     training = result["training"]
     expected = {"fp32", "bf16"} if result["machine"]["cpu_bf16_supported"] else {"fp32"}
     cpu_cases = {(e["model"], e["precision"]) for e in training if e["device"] == "cpu"}
-    models = ("vqgan", "dcgan", "vqgan_prior")
+    models = MODEL_NAMES
     assert cpu_cases == {(m, p) for m in models for p in expected}
     matmul = {(m["device"], m["precision"]): m["flops_per_s"] for m in result["matmul"]}
     for e in training:

@@ -41,7 +41,9 @@ GAN_MODELS = ("vqgan", "dcgan")
 
 
 def test_gan_models_are_the_registered_models_with_a_discriminator() -> None:
-    assert set(MODEL_NAMES) == {*GAN_MODELS, "vqgan_prior"}
+    """The other registered models have none: the token prior (test_prior.py), the denoising
+    autoencoder (test_dae.py) and the segmenter (test_segmenter.py)."""
+    assert set(MODEL_NAMES) == {*GAN_MODELS, "vqgan_prior", "dae", "segmenter"}
 
 
 def make(name: str, seed: int = 0) -> nn.Module:

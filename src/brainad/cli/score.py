@@ -83,7 +83,6 @@ def load_engine(model: Path, device: Any) -> Engine:
     from brainad.data.preprocess import preprocess_slice
     from brainad.scoring.bundle import load_scorer
     from brainad.scoring.detector import score_images
-    from brainad.scoring.gan import active_components
 
     bundle = load_scorer(model, device=device)
     detector = bundle.detector(device)
@@ -97,7 +96,7 @@ def load_engine(model: Path, device: Any) -> Engine:
     def prepare_slice(gray: np.ndarray) -> Preprocessed:
         return preprocess_slice(gray, bundle.preprocess)
 
-    components = tuple(active_components(bundle.score))
+    components = tuple(detector.components)  # what this model's detector computes
     return Engine(bundle, components, prepare, score, prepare_slice)
 
 

@@ -137,8 +137,9 @@ class FitConfig:
         extra_sample_epochs: epochs that additionally get a grid (the study's epoch 500).
         select_metric: validation criterion for the best model: ``val_recon`` (mean residual of
             healthy validation scans, lower is better), ``val_auroc`` (anomalous vs healthy
-            validation scans) or ``val_nll`` (token prior: mean token NLL of healthy validation
-            scans, lower is better).
+            validation scans), ``val_nll`` (token prior: mean token NLL of healthy validation
+            scans, lower is better) or ``val_seg`` (segmenter: its loss on a fixed-seed
+            corrupted copy of the healthy validation scans, lower is better).
         divergence_factor: stop when the generator loss exceeds this multiple of its first-epoch
             value (NaN/inf always stops).
         seed: seed for weights, batches and augmentation.
@@ -157,7 +158,7 @@ class FitConfig:
     checkpoint_every: int
     sample_every: int
     extra_sample_epochs: tuple[int, ...]
-    select_metric: Literal["val_auroc", "val_recon", "val_nll"]
+    select_metric: Literal["val_auroc", "val_recon", "val_nll", "val_seg"]
     divergence_factor: float
     seed: int
     deterministic: bool
@@ -213,6 +214,62 @@ class PriorStudyConfig:
     """The ``vqgan_prior`` section: the token prior and its training settings (the VQGAN+D is frozen)."""
 
     model: PriorConfig
+    fit: FitConfig
+
+
+@dataclass(frozen=True)
+class DAEConfig:
+    """The ``dae.model`` section: a UNet trained to remove coarse noise (Kascenas et al. 2022).
+
+    Args:
+        channels: UNet widths per level, full resolution first (:class:`brainad.models.unet.UNet`).
+        noise_res: side of the grid the Gaussian training noise is drawn on before it is
+            bilinearly upsampled to the image (16 at 128 px: 8-px noise cells).
+        noise_std: standard deviation of the noise on the [-1, 1] intensity scale.
+        loss: ``l1`` (mean absolute error) or ``l2`` (mean squared error) of the denoised image
+            against the clean one, inside the brain.
+    """
+
+    channels: tuple[int, ...]
+    noise_res: int
+    noise_std: float
+    loss: Literal["l1", "l2"]
+
+
+@dataclass(frozen=True)
+class DAEStudyConfig:
+    """The ``dae`` section: the denoising autoencoder and its training settings."""
+
+    model: DAEConfig
+    fit: FitConfig
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """The ``segmenter.model`` section: a UNet that segments synthetic corruptions of healthy
+    slices (:mod:`brainad.models.corruptions`), unlike the lesions the evaluation implants.
+
+    Args:
+        channels: UNet widths per level, full resolution first.
+        mirror_channel: also feed the left-right mirrored slice as a second input channel.
+        clean_fraction: fraction of training images left uncorrupted (target 0 everywhere).
+        field_res: side of the grid of the smooth intensity field before upsampling.
+        field_strength: largest amplitude of the intensity field on the [-1, 1] scale; a
+            change of this size is a target of 1.
+    """
+
+    channels: tuple[int, ...]
+    mirror_channel: bool
+    clean_fraction: float
+    field_res: int
+    field_strength: float
+
+
+@dataclass(frozen=True)
+class SegmenterStudyConfig:
+    """The ``segmenter`` section: the anomaly segmenter and its training settings."""
+
+    model: SegmenterConfig
     fit: FitConfig
 
 
@@ -338,6 +395,8 @@ class StudyConfig:
     vqgan: VQGANStudyConfig
     dcgan: DCGANStudyConfig
     vqgan_prior: PriorStudyConfig
+    dae: DAEStudyConfig
+    segmenter: SegmenterStudyConfig
     score: ScoreConfig
     threshold: ThresholdConfig
     evaluate: EvaluateConfig

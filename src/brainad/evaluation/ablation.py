@@ -3,9 +3,9 @@ settings separate lesioned from clean scans.
 
 For each trained model, every validation image and a lesioned copy of each healthy validation
 scan (the same :func:`~brainad.evaluation.tracks.lesion_track` as the test track) go once
-through the model's detector (:class:`~brainad.scoring.gan.GANDetector` with its diagnostic
-maps); each variant (map kind × smoothing × aggregation) is then measured on three validation
-tracks:
+through the model's raw detector (:func:`~brainad.scoring.bundle.raw_detector`: unsmoothed,
+with the model's diagnostic maps); each variant (map kind × smoothing × aggregation) is then
+measured on three validation tracks:
 
 - ``real``: ROC-AUC of anomalous vs healthy validation scans (confounded by the image source);
 - ``lesion``: ROC-AUC of lesioned copies vs their clean twins, and the fraction of pairs in which
@@ -13,9 +13,10 @@ tracks:
 - ``pixel``: pixel ROC-AUC of the anomaly map inside the brain mask of the lesioned copies.
 
 Map kinds: ``residual`` (|input − reconstruction|; for the token prior the healed
-reconstruction) and each model's ``diagnostic_maps``: for VQGAN+D the ``quantisation distance``
-(distance of each encoder output to its nearest code), for the token prior ``token_nll`` and
-``restoration`` (|VQGAN+D reconstruction − healed|).
+reconstruction) for reconstruction models, ``segmentation`` (the anomaly probability inside the
+brain) for the segmenter, and each model's ``diagnostic_maps``: for VQGAN+D the ``quantisation
+distance`` (distance of each encoder output to its nearest code), for the token prior
+``token_nll`` and ``restoration`` (|VQGAN+D reconstruction − healed|).
 
 The ``ablate`` stage writes ``reports/<study>/ablation/validation.{json,md}``; the evaluate stage
 puts the table into ``summary.md``, so every variant tried is reported beside the chosen one.
@@ -30,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from brainad import metrics as metrics_lib
 from brainad.config import StudyConfig
@@ -38,7 +38,9 @@ from brainad.data.arrays import load_arrays
 from brainad.evaluation.tracks import lesion_track
 from brainad.models.checkpoint import load_model
 from brainad.runtime import deterministic_kernels, study_deterministic
-from brainad.scoring.gan import SELECTION_SCORE, GANDetector
+from brainad.scoring.bundle import raw_detector
+from brainad.scoring.detector import pixel_maps
+from brainad.scoring.gan import SELECTION_SCORE
 from brainad.scoring.maps import aggregate, smooth
 from brainad.utils import select_device, write_json, write_text
 
@@ -47,19 +49,6 @@ log = logging.getLogger("brainad")
 SMOOTHING = (("none", 1), ("gaussian", 5), ("gaussian", 9))
 AGGREGATES = (("mean", 1.0), ("topk", 1.0), ("topk", 5.0), ("max", 1.0))
 BATCH_SIZE = 32  # images per forward pass (the variants are computed on the whole split)
-
-
-def raw_maps(
-    detector: GANDetector, images: np.ndarray, masks: np.ndarray
-) -> dict[str, torch.Tensor]:
-    """Every raw pixel map kind of ``detector`` for (N, 1, S, S) images, on the host."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(images), detector.batch_size):
-        x = torch.from_numpy(images[start : start + detector.batch_size].astype(np.float32))
-        m = torch.from_numpy(masks[start : start + detector.batch_size])
-        for kind, values in detector.maps(x, m).pixel.items():
-            parts.setdefault(kind, []).append(values.float().cpu())
-    return {kind: torch.cat(values) for kind, values in parts.items()}
 
 
 def _variant_rows(name: str, epoch: int, maps_val: dict, maps_les: dict, val, track) -> list[dict]:
@@ -101,23 +90,14 @@ def run_ablation(config: StudyConfig, arrays_dir: Path, models: dict[str, Path],
     device = select_device()
     val = load_arrays(arrays_dir / "val.npz")
     track = lesion_track(config.evaluate.lesions, val)
-    score = dataclasses.replace(SELECTION_SCORE, batch_size=BATCH_SIZE)
     rows = []
     with deterministic_kernels(study_deterministic(config)):  # pinned in deterministic mode
         for name, path in models.items():
             model, payload = load_model(path, device=device)
-            detector = GANDetector(
-                name,
-                model,
-                score,
-                nn.Identity(),
-                device,
-                components=("residual",),
-                diagnostics=True,
-            )
+            detector = raw_detector(name, model, device, diagnostics=True, batch_size=BATCH_SIZE)
             started = time.perf_counter()
-            maps_val = raw_maps(detector, val.images, val.brain_masks)
-            maps_les = raw_maps(detector, track.lesions.images, track.brain_masks)
+            maps_val = pixel_maps(detector, val.images, val.brain_masks)
+            maps_les = pixel_maps(detector, track.lesions.images, track.brain_masks)
             log.info(
                 "%s: mapped %d images in %.0f s",
                 name,

@@ -177,9 +177,11 @@ def _metric_tsv(live: Path, key: str) -> Path:
 
 
 def plot_training_curves(path: Path, live_dirs: dict[str, Path]) -> None:
-    """Generator/discriminator losses, validation metrics (the token prior's: ``val_nll``) and
-    codebook health from DVCLive logs; a panel no model logged is left out."""
-    keys = ("g_loss", "d_loss", "val_recon", "val_auroc", "val_nll", "codebook_perplexity")
+    """Generator/discriminator losses, validation metrics (the token prior's: ``val_nll``, the
+    segmenter's: ``val_seg``) and codebook health from DVCLive logs; a panel no model logged is
+    left out."""
+    keys = ("g_loss", "d_loss", "val_recon", "val_auroc", "val_nll", "val_seg")
+    keys += ("codebook_perplexity",)
     panels = [k for k in keys if any(_metric_tsv(live, k).is_file() for live in live_dirs.values())]
     panels = panels or list(keys[:1])
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
@@ -219,9 +221,10 @@ def render_figures(
     plot_histograms(fig_dir / "score_histograms.png", results, test)
     plot_confusions(fig_dir / "confusion.png", results)
     models = [r for r in results if r.kind == "model"]
-    if models:
+    reconstructing = [r for r in models if r.test.recons is not None]  # not the segmenter
+    if reconstructing:
         plot_reconstructions(
-            fig_dir / "reconstructions.png", test, models, seed=config.evaluate.seed
+            fig_dir / "reconstructions.png", test, reconstructing, seed=config.evaluate.seed
         )
     for res in models:
         plot_heatmaps(fig_dir / f"heatmaps_{res.name}.png", test, res)

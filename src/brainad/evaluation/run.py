@@ -165,8 +165,7 @@ def provenance(config: StudyConfig, prepare_report: dict, device: torch.device) 
         "runtime": describe(study_deterministic(config)),
         "seeds": {
             "split": config.split.seed,
-            "vqgan": config.vqgan.fit.seed,
-            "dcgan": config.dcgan.fit.seed,
+            **{name: registry.fit_config(name, config).seed for name in registry.MODEL_NAMES},
             "evaluate": config.evaluate.seed,
             "lesions": config.evaluate.lesions.seed,
         },

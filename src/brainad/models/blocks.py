@@ -1,4 +1,5 @@
-"""Building blocks shared by the models: convolutional blocks and the adversarial loss."""
+"""Building blocks shared by the models: convolutional blocks, the adversarial loss, a masked
+mean and the error of a model without a discriminator."""
 
 from __future__ import annotations
 
@@ -12,6 +13,20 @@ def bce_with_target(logits: torch.Tensor, target: float) -> torch.Tensor:
     in float32 whatever the autocast precision."""
     logits = logits.float()
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def no_discriminator(name: str) -> ValueError:
+    """The error of a discriminator-feature request to a model ``name`` that has none."""
+    return ValueError(
+        f"model {name!r} has no discriminator, so it has no discriminator feature residual: set "
+        "score.weight_discriminator: 0 for the study in params.yaml"
+    )
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, 1, S, S) ``values`` over the True pixels of ``mask`` (0 if there are none)."""
+    weight = mask.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def group_count(channels: int, max_groups: int = 32) -> int:

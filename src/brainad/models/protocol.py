@@ -9,8 +9,10 @@ its own Adam optimiser, and computes its own losses:
 2. ``discriminator_step(real, fake.detach(), epoch)`` → :class:`StepOutput`, or ``None`` for a
    phase without a discriminator (DCGAN encoder training); the loop steps ``networks()["discriminator"]``.
 
-Scoring needs only ``reconstruct`` and ``discriminator_features``; nothing in scoring is
-model-specific beyond those two.
+Reconstruction scoring needs only ``reconstruct`` and ``discriminator_features`` (a model without
+a discriminator raises a ValueError naming ``score.weight_discriminator``); the segmenter is
+scored by its own ``probability`` map (:mod:`brainad.scoring.segmenter`), chosen by the
+registry's ``detector`` kind.
 """
 
 from __future__ import annotations

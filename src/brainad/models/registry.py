@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
 from brainad.config import FitConfig, StudyConfig
+from brainad.models.dae import DenoisingAE
 from brainad.models.dcgan import DCGAN
 from brainad.models.prior import VQGANPrior
+from brainad.models.segmenter import Segmenter
 from brainad.models.vqgan import VQGAN
+
+DetectorKind = Literal["reconstruction", "segmentation"]
 
 
 @dataclass(frozen=True)
@@ -31,18 +35,24 @@ class ModelEntry:
         phases: training phases in order (each is one call of the training loop, with its
             DVCLive folder ``live_<phase>``); the last one is validated and selects the model.
         base: name of the model whose best checkpoint this one is built on, or None.
+        detector: how the model is scored (:func:`brainad.scoring.bundle.make_detector`):
+            ``reconstruction`` (residuals of ``reconstruct``) or ``segmentation`` (the model's
+            own anomaly probability map).
     """
 
     name: str
     cls: type[nn.Module]
     phases: tuple[str, ...]
     base: str | None = None
+    detector: DetectorKind = "reconstruction"
 
 
 REGISTRY: dict[str, ModelEntry] = {
     "vqgan": ModelEntry("vqgan", VQGAN, ("main",)),
     "vqgan_prior": ModelEntry("vqgan_prior", VQGANPrior, ("main",), base="vqgan"),
     "dcgan": ModelEntry("dcgan", DCGAN, ("gan", "encoder")),
+    "dae": ModelEntry("dae", DenoisingAE, ("main",)),
+    "segmenter": ModelEntry("segmenter", Segmenter, ("main",), detector="segmentation"),
 }
 """In the order evaluation reports them (metrics, ``scores.csv``, figures)."""
 MODEL_NAMES = tuple(REGISTRY)
@@ -71,12 +81,13 @@ def new_model(
     name: str, config: StudyConfig, image_size: int, base: nn.Module | None = None
 ) -> nn.Module:
     """A freshly initialised model from the study's params (``base``: the trained model it is
-    built on, for entries with a ``base``; an untrained one is made if None)."""
+    built on, for entries with a ``base``; an untrained one is made if None). Every model without
+    a base except VQGAN+D is built as ``cls(config.<name>.model, image_size)``."""
     cls = model_class(name)
     if name == "vqgan":
         return cls(config.vqgan.model, config.perceptual, image_size)
-    if name == "dcgan":
-        return cls(config.dcgan.model, image_size)
+    if entry(name).base is None:
+        return cls(getattr(config, name).model, image_size)
     if base is None:
         base = new_model(entry(name).base, config, image_size)
     module = cls(base.spec(), config.vqgan_prior.model)

@@ -4,6 +4,8 @@ checkpoint file that is read without executing code."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +20,16 @@ from brainad.config import (
     from_dict,
     to_dict,
 )
+from brainad.models import registry
 from brainad.models.checkpoint import load_model, save_checkpoint
 from brainad.models.perceptual import build_perceptual
 from brainad.scoring.calibration import Calibration
-from brainad.scoring.gan import COMPONENTS, GANDetector, active_components
+from brainad.scoring.detector import Detector
+from brainad.scoring.gan import COMPONENTS, SELECTION_SCORE, GANDetector, active_components
+from brainad.scoring.segmenter import COMPONENTS as SEGMENTER_COMPONENTS
+from brainad.scoring.segmenter import SegmenterDetector
+
+log = logging.getLogger("brainad")
 
 SCORER_FORMAT = "brainad-scorer/1"
 
@@ -33,13 +41,50 @@ def make_detector(
     perceptual: PerceptualConfig,
     device: torch.device,
     precision: str = "fp32",
-) -> GANDetector:
-    """The detector evaluation and the CLI share: only the components with a non-zero weight.
-    Evaluation and the CLI score in fp32; ``precision`` exists for the benchmark's bf16 rows."""
+) -> Detector:
+    """The detector evaluation and the CLI share, by the registry's ``detector`` kind of the
+    model ``name``: a :class:`GANDetector` (reconstruction) with only the components of non-zero
+    weight, or a :class:`SegmenterDetector`. Evaluation and the CLI score in fp32; ``precision``
+    exists for the benchmark's bf16 rows."""
+    if registry.entry(name).detector == "segmentation":
+        return SegmenterDetector(name, model, score, device, precision=precision)
+    if score.weight_discriminator and not getattr(model, "has_discriminator", True):
+        log.warning(
+            "%s has no discriminator: its score leaves out the discriminator component "
+            "(score.weight_discriminator %s applies to the GANs only)",
+            name,
+            score.weight_discriminator,
+        )
+        score = dataclasses.replace(score, weight_discriminator=0.0)
     net = build_perceptual(perceptual).to(device)
     return GANDetector(
         name, model, score, net, device, precision=precision, components=active_components(score)
     )
+
+
+def raw_detector(
+    name: str,
+    model: nn.Module,
+    device: torch.device,
+    *,
+    diagnostics: bool = False,
+    batch_size: int = SELECTION_SCORE.batch_size,
+) -> Detector:
+    """The model's detector on the fixed, unsmoothed :data:`SELECTION_SCORE` with its one
+    map-based component (``residual`` or ``segmentation``): train-time validation and, with the
+    model's ``diagnostic_maps`` (``diagnostics``), the ablation's raw maps."""
+    score = dataclasses.replace(SELECTION_SCORE, batch_size=batch_size)
+    if registry.entry(name).detector == "segmentation":
+        return SegmenterDetector(name, model, score, device)
+    return GANDetector(
+        name, model, score, nn.Identity(), device, components=("residual",), diagnostics=diagnostics
+    )
+
+
+def detector_components(name: str) -> tuple[str, ...]:
+    """Every component a detector of the model ``name`` can compute (what a bundle's
+    calibration may hold)."""
+    return SEGMENTER_COMPONENTS if registry.entry(name).detector == "segmentation" else COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -47,7 +92,7 @@ class ScorerBundle:
     """A trained model with everything needed to score new scans exactly like evaluation did.
 
     Args:
-        model: the GAN module (eval mode).
+        model: the trained model (eval mode).
         calibration: standardisation statistics and threshold fitted on validation data.
         score: the score settings used for calibration.
         preprocess: the preprocessing settings of the study (the CLI applies the same).
@@ -65,8 +110,8 @@ class ScorerBundle:
     meta: dict
     volume: VolumeConfig | None = None
 
-    def detector(self, device: torch.device) -> GANDetector:
-        """The bundle's :class:`~brainad.scoring.gan.GANDetector` on ``device``."""
+    def detector(self, device: torch.device) -> Detector:
+        """The bundle's detector (:func:`make_detector`) on ``device``."""
         name = str(self.meta.get("model", self.model.name))
         return make_detector(name, self.model.to(device), self.score, self.perceptual, device)
 
@@ -97,7 +142,7 @@ def load_scorer(path: Path, device: torch.device | str = "cpu") -> ScorerBundle:
         )
     return ScorerBundle(
         model=model,
-        calibration=Calibration.from_dict(extra["calibration"], COMPONENTS),
+        calibration=Calibration.from_dict(extra["calibration"], detector_components(model.name)),
         score=from_dict(ScoreConfig, extra["score"], "score"),
         preprocess=from_dict(PreprocessConfig, extra["preprocess"], "preprocess"),
         perceptual=from_dict(PerceptualConfig, extra["perceptual"], "perceptual"),

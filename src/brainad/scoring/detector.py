@@ -1,7 +1,7 @@
 """THE detector interface and the one engine that scores, calibrates and thresholds with it.
 
-Every method — VQGAN+D, its token prior, the DCGAN and every trivial baseline — is a
-:class:`Detector`. The evaluate stage, the ablation, train-time validation, ``brainad score`` and
+Every method — VQGAN+D, its token prior, the DCGAN, the denoising autoencoder, the anomaly
+segmenter and every trivial baseline — is a :class:`Detector`. The evaluate stage, the ablation, train-time validation, ``brainad score`` and
 the benchmark all go through the functions of this module:
 
 1. ``detector.maps(images, masks)`` → :class:`AnomalyMaps` (raw pixel maps, per-image values
@@ -17,6 +17,7 @@ HIGHER = MORE ANOMALOUS everywhere. Results travel in one type, :class:`ScoredIm
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -131,6 +132,20 @@ def _batches(detector: Detector, n: int, progress: bool):
     return step, starts
 
 
+def _raw_batches(
+    detector: Detector, images: np.ndarray, masks: np.ndarray, progress: bool
+) -> Iterator[tuple[AnomalyMaps, Tensor]]:
+    """``(detector.maps(x, m), m)`` for consecutive batches of ``detector.batch_size`` images."""
+    import torch
+
+    check_pair(images, masks)
+    step, starts = _batches(detector, len(images), progress)
+    for start in starts:
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + step], dtype=np.float32))
+        m = torch.from_numpy(np.ascontiguousarray(masks[start : start + step], dtype=bool))
+        yield detector.maps(x, m), m
+
+
 def score_raw(
     detector: Detector,
     images: np.ndarray,
@@ -140,16 +155,9 @@ def score_raw(
 ) -> ScoredImages:
     """Raw components (and maps/reconstructions if ``keep_maps``) of (N, 1, S, S) arrays, in
     batches of ``detector.batch_size``; no calibration applied (``score`` is None)."""
-    import torch
-
-    check_pair(images, masks)
-    step, starts = _batches(detector, len(images), progress)
     parts: dict[str, list[np.ndarray]] = {}
     maps, recons = [], []
-    for start in starts:
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + step], dtype=np.float32))
-        m = torch.from_numpy(np.ascontiguousarray(masks[start : start + step], dtype=bool))
-        raw = detector.maps(x, m)
+    for raw, m in _raw_batches(detector, images, masks, progress):
         scored = detector.scores(raw, m)
         for name, values in scored.components.items():
             parts.setdefault(name, []).append(values.cpu().numpy())
@@ -167,6 +175,18 @@ def score_raw(
         np.concatenate(maps) if maps else None,
         np.concatenate(recons) if recons else None,
     )
+
+
+def pixel_maps(detector: Detector, images: np.ndarray, masks: np.ndarray) -> dict[str, Tensor]:
+    """Every raw pixel map kind of ``detector`` (``AnomalyMaps.pixel``: not smoothed) for
+    (N, 1, S, S) arrays, float32 on the host, in batches of ``detector.batch_size``."""
+    import torch
+
+    parts: dict[str, list[Tensor]] = {}
+    for raw, _ in _raw_batches(detector, images, masks, progress=False):
+        for kind, values in raw.pixel.items():
+            parts.setdefault(kind, []).append(values.float().cpu())
+    return {kind: torch.cat(values) for kind, values in parts.items()}
 
 
 def apply_calibration(

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from brainad.config import ScoreConfig
 from brainad.models.perceptual import perceptual_map
 from brainad.scoring.detector import AnomalyMaps, ImageScores, check_pair
-from brainad.scoring.maps import aggregate, smooth, ssim_map
+from brainad.scoring.maps import aggregate, check_settings, score_map, ssim_map
 
 log = logging.getLogger("brainad")
 
@@ -128,10 +128,7 @@ class GANDetector:
         wanted = set(COMPONENTS if components is None else components)
         if wanted - set(COMPONENTS):
             raise ValueError(f"unknown score component(s) {sorted(wanted - set(COMPONENTS))}")
-        smooth(torch.zeros(1, 1, 8, 8), config)  # validates the settings before any work
-        aggregate(
-            torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2), config.aggregate, config.topk_percent
-        )
+        check_settings(config)
         self.name = name
         self.components = tuple(c for c in COMPONENTS if c in wanted or c == "residual")
         self.device = torch.device(device)
@@ -181,8 +178,8 @@ class GANDetector:
         empty = int((~mask.flatten(1).any(1)).sum())
         if empty:
             log.warning("%d image(s) have an empty brain mask; their scores are 0", empty)
-        residual_map = smooth(maps.pixel["residual"], self.config) * mask
-        components = {"residual": self._aggregate(residual_map, mask)}
+        residual_map, residual = score_map(maps.pixel["residual"], mask, self.config)
+        components = {"residual": residual}
         for name in ("ssim", "perceptual"):
             if name in self.components:
                 components[name] = self._aggregate(maps.pixel[name], mask)

@@ -65,6 +65,15 @@ def smooth(maps: Tensor, config: ScoreConfig) -> Tensor:
     raise ValueError(f"score.smoothing: unknown {config.smoothing!r}; use none, gaussian or median")
 
 
+def check_settings(config: ScoreConfig) -> None:
+    """ValueError naming the ``score`` key unless its smoothing and aggregation settings are
+    valid (every detector checks them before any work)."""
+    smooth(torch.zeros(1, 1, 8, 8), config)
+    aggregate(
+        torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2), config.aggregate, config.topk_percent
+    )
+
+
 def ssim_map(x: Tensor, y: Tensor) -> Tensor:
     """Per-pixel SSIM of (B, 1, H, W) images in [-1, 1] (11-px Gaussian window, σ = 1.5).
 
@@ -103,3 +112,11 @@ def aggregate(maps: Tensor, masks: Tensor, method: str, topk_percent: float = 1.
     else:
         raise ValueError(f"score.aggregate: unknown {method!r}; use mean, topk or max")
     return torch.where(count > 0, out, torch.zeros_like(out))
+
+
+def score_map(raw: Tensor, masks: Tensor, config: ScoreConfig) -> tuple[Tensor, Tensor]:
+    """The reported anomaly map of a raw (B, 1, H, W) map — ``score.smoothing`` applied, 0
+    outside ``masks`` — and its per-image aggregate (B,) inside the mask (``score.aggregate``)."""
+    mask = masks.to(raw.device).bool()
+    reported = smooth(raw, config) * mask
+    return reported, aggregate(reported, mask, config.aggregate, config.topk_percent)

@@ -17,9 +17,23 @@ from brainad.config import FitConfig, StudyConfig
 from brainad.data.arrays import SplitArrays, load_arrays
 from brainad.models import registry
 from brainad.models.checkpoint import load_model
+from brainad.models.corruptions import Corrupted
+from brainad.scoring.bundle import raw_detector
 from brainad.scoring.detector import score_raw
-from brainad.scoring.gan import SELECTION_SCORE, GANDetector
 from brainad.utils import write_json
+
+VALIDATION_SEED = 0
+"""Seed of the corruptions of the segmenter's validation copy (a definition: every epoch and
+every run sees the same corrupted validation images)."""
+
+
+def _map_auroc(detector, val: SplitArrays) -> tuple[np.ndarray, float]:
+    """The detector's one map component of every validation scan, and its ROC-AUC for anomalous
+    vs healthy scans (NaN if validation has one class)."""
+    scored = score_raw(detector, val.images, val.brain_masks).components
+    values = next(iter(scored.values()))
+    two_classes = len(np.unique(val.labels)) == 2
+    return values, metrics_lib.roc_auc(val.labels, values) if two_classes else float("nan")
 
 
 def make_validator(val: SplitArrays, device: torch.device):
@@ -28,18 +42,41 @@ def make_validator(val: SplitArrays, device: torch.device):
     ``val_recon`` is the mean residual of healthy validation scans; ``val_auroc`` the ROC-AUC of
     that residual for anomalous vs healthy validation scans (NaN if validation has one class).
     """
-    images = val.images
-    masks = val.brain_masks
-    labels = val.labels
-    two_classes = len(np.unique(labels)) == 2
 
     def validate(module: nn.Module) -> dict[str, float]:
-        detector = GANDetector(
-            module.name, module, SELECTION_SCORE, nn.Identity(), device, components=("residual",)
-        )
-        residual = score_raw(detector, images, masks).components["residual"]
-        auroc = metrics_lib.roc_auc(labels, residual) if two_classes else float("nan")
-        return {"val_recon": float(residual[labels == 0].mean()), "val_auroc": float(auroc)}
+        residual, auroc = _map_auroc(raw_detector(module.name, module, device), val)
+        return {"val_recon": float(residual[val.labels == 0].mean()), "val_auroc": float(auroc)}
+
+    return validate
+
+
+def make_segmenter_validator(val: SplitArrays, device: torch.device, batch: int = 64):
+    """A ``validate(module) -> {"val_seg", "val_auroc"}`` callback for the segmenter.
+
+    ``val_seg`` is the segmenter's own loss on a corrupted copy of the healthy validation scans
+    (corruptions drawn with :data:`VALIDATION_SEED`, so every epoch sees the same copy);
+    ``val_auroc`` the ROC-AUC of its segmentation score (unsmoothed mean inside the brain) for
+    anomalous vs healthy validation scans.
+    """
+    healthy = val.labels == 0
+    if not healthy.any():
+        raise ValueError("validation split has no healthy images; the segmenter needs some")
+    images = torch.from_numpy(val.images[healthy].astype(np.float32)).to(device)
+    brain = torch.from_numpy(val.brain_masks[healthy]).to(device)
+
+    @torch.no_grad()
+    def validate(module: nn.Module) -> dict[str, float]:
+        corrupted = module.corrupt(images, torch.Generator().manual_seed(VALIDATION_SEED))
+        total, pixels = 0.0, 0.0
+        for start in range(0, len(images), batch):
+            part = Corrupted(
+                corrupted.images[start : start + batch], corrupted.target[start : start + batch]
+            )
+            count = float(brain[start : start + batch].sum())
+            total += float(module.loss(part, brain[start : start + batch])) * count
+            pixels += count
+        _, auroc = _map_auroc(raw_detector(module.name, module, device), val)
+        return {"val_seg": total / max(pixels, 1.0), "val_auroc": float(auroc)}
 
     return validate
 
@@ -91,11 +128,12 @@ def run_train(
     device = select_device()
     val_arrays = load_arrays(arrays_dir / "val.npz")
     train = to_tensor(load_arrays(arrays_dir / "train.npz"), torch.device("cpu"), healthy_only=True)
-    validate = (
-        make_prior_validator(val_arrays, device)
-        if found.base is not None
-        else make_validator(val_arrays, device)
-    )
+    if found.base is not None:
+        validate = make_prior_validator(val_arrays, device)
+    elif found.detector == "segmentation":
+        validate = make_segmenter_validator(val_arrays, device)
+    else:
+        validate = make_validator(val_arrays, device)
     samples = sample_inputs(val_arrays)
     base = None
     if found.base is not None:

@@ -1,0 +1,140 @@
+"""Training corruptions of healthy slices: the denoising autoencoder's coarse noise and the
+segmenter's synthetic anomalies.
+
+All functions take (B, 1, S, S) images in [-1, 1] whose background is exactly -1 (the brain is
+where ``x > -1 + BRAIN_EPS``) and draw their random numbers from ``generator`` (a fixed-seed
+``torch.Generator`` for validation) or, if it is None, from the global torch RNG on the images'
+device (which the training loop seeds and checkpoints).
+
+The segmenter's anomalies are deliberately unlike the lesions the evaluation implants
+(:mod:`brainad.evaluation.lesions`: soft-edged ellipses with harmonic boundaries, a constant
+offset, a ring or another tissue's intensity). Here the region is a union of axis-aligned
+rectangles with hard edges, and the content is either
+
+* a **foreign patch** (FPI, Tan et al. 2020): the same region of ANOTHER healthy slice of the
+  batch blended in with a factor ``alpha ~ U(0.1, 1)``; target ``alpha`` where a pixel changed;
+* a **smooth intensity field**: a low-frequency random field of both signs added to the slice;
+  target ``|change| / field_strength`` (at most 1).
+
+The target is 0 outside the brain and wherever the corruption did not change the pixel.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from brainad.config import SegmenterConfig
+
+BRAIN_EPS = 1e-3  # a pixel is brain where x > -1 + BRAIN_EPS (the background is exactly -1)
+CHANGE_EPS = 1e-4  # a pixel belongs to the target only if the corruption changed it by more
+ALPHA_RANGE = (0.1, 1.0)  # blending factor of a foreign patch; amplitude factor of a field
+RECTANGLES = 3  # rectangles per region (their union)
+RECTANGLE_SIDE = (0.06, 0.3)  # full side of a rectangle, as a fraction of the image side
+PATCH_SHARE = 0.5  # of the corrupted images, the share given a foreign patch (else a field)
+
+
+class Corrupted(NamedTuple):
+    """Synthetic anomalies of a batch.
+
+    Args:
+        images: (B, 1, S, S) corrupted images in [-1, 1].
+        target: (B, 1, S, S) float in [0, 1]: how anomalous each pixel is; 0 outside the brain
+            and where nothing changed.
+    """
+
+    images: torch.Tensor
+    target: torch.Tensor
+
+
+def brain_of(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) bool: the brain pixels of images whose background is -1."""
+    return x > -1.0 + BRAIN_EPS
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device, normal=False):
+    """Uniform [0, 1) (or standard normal) numbers from ``generator`` (on its own device) or
+    from the global RNG, returned on ``device``."""
+    draw = torch.randn if normal else torch.rand
+    if generator is None:
+        return draw(shape, device=device)
+    return draw(shape, generator=generator, device=generator.device).to(device)
+
+
+def smooth_field(
+    batch: int, res: int, size: int, generator: torch.Generator | None, device, normal: bool
+) -> torch.Tensor:
+    """(batch, 1, size, size): random values on a ``res``×``res`` grid, bilinearly upsampled
+    (standard normal if ``normal``, else uniform in [-1, 1])."""
+    if not 1 <= res <= size:
+        raise ValueError(f"noise grid side must be in [1, image size {size}], got {res}")
+    coarse = _rand((batch, 1, res, res), generator, device, normal)
+    if not normal:
+        coarse = coarse * 2.0 - 1.0
+    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def coarse_noise(
+    x: torch.Tensor, noise_res: int, noise_std: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The denoising autoencoder's training noise for images ``x``: Gaussian with std
+    ``noise_std`` on a ``noise_res``×``noise_res`` grid, bilinearly upsampled, 0 outside the
+    brain. Returns the noise (B, 1, S, S); the noisy input is ``x + noise``."""
+    field = smooth_field(len(x), noise_res, x.shape[-1], generator, x.device, normal=True)
+    return noise_std * field * brain_of(x)
+
+
+def rectangle_union(
+    batch: int, size: int, generator: torch.Generator | None, device
+) -> torch.Tensor:
+    """(batch, 1, size, size) bool: per image the union of :data:`RECTANGLES` random
+    axis-aligned rectangles, sides in :data:`RECTANGLE_SIDE` × ``size``, centred near one point
+    (so the union is one irregular, connected-looking region)."""
+    low, high = RECTANGLE_SIDE
+    centre = 0.2 + 0.6 * _rand((batch, 1, 2), generator, device)  # (B, 1, [y, x]) in [0.2, 0.8]
+    offset = (_rand((batch, RECTANGLES, 2), generator, device) - 0.5) * high
+    half = (low + (high - low) * _rand((batch, RECTANGLES, 2), generator, device)) / 2
+    coords = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size  # (S,)
+    lo, hi = centre + offset - half, centre + offset + half  # (B, R, 2)
+    inside_y = (coords >= lo[..., 0:1]) & (coords < hi[..., 0:1])  # (B, R, S)
+    inside_x = (coords >= lo[..., 1:2]) & (coords < hi[..., 1:2])  # (B, R, S)
+    boxes = inside_y[..., :, None] & inside_x[..., None, :]  # (B, R, S, S)
+    return boxes.any(dim=1, keepdim=True)  # (B, 1, S, S)
+
+
+def synthetic_anomalies(
+    x: torch.Tensor, config: SegmenterConfig, generator: torch.Generator | None = None
+) -> Corrupted:
+    """The segmenter's training corruption of a batch of healthy slices ``x`` (B, 1, S, S).
+
+    Per image: with probability ``config.clean_fraction`` unchanged; otherwise a foreign patch
+    (share :data:`PATCH_SHARE`) or a smooth intensity field inside a random rectangle union
+    within the brain (see the module docstring).
+
+    Raises:
+        ValueError: ``clean_fraction`` outside [0, 1] or ``field_strength`` not > 0.
+    """
+    if not 0.0 <= config.clean_fraction <= 1.0:
+        raise ValueError(
+            f"segmenter.model.clean_fraction must be in [0, 1], got {config.clean_fraction}"
+        )
+    if config.field_strength <= 0:
+        raise ValueError(f"segmenter.model.field_strength must be > 0, got {config.field_strength}")
+    batch, size, device = len(x), x.shape[-1], x.device
+    x = x.float()
+    choice = _rand((batch, 2), generator, device)  # (corrupted?, patch or field?)
+    amount = ALPHA_RANGE[0] + (ALPHA_RANGE[1] - ALPHA_RANGE[0]) * _rand((batch,), generator, device)
+    amount = amount.view(-1, 1, 1, 1)
+    region = rectangle_union(batch, size, generator, device) & brain_of(x)
+    region &= (choice[:, 0] >= config.clean_fraction).view(-1, 1, 1, 1)
+    patch = (choice[:, 1] < PATCH_SHARE).view(-1, 1, 1, 1)
+    field = smooth_field(batch, config.field_res, size, generator, device, normal=False)
+    blended = (1.0 - amount) * x + amount * x.roll(1, dims=0)  # another slice of the batch
+    shifted = (x + amount * config.field_strength * field).clamp(-1.0, 1.0)
+    images = torch.where(region, torch.where(patch, blended, shifted), x)
+    change = (images - x).abs()
+    level = torch.where(patch, amount, change / config.field_strength).clamp(max=1.0)
+    target = torch.where(region & (change > CHANGE_EPS), level, torch.zeros_like(level))
+    return Corrupted(images, target)

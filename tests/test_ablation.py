@@ -1,0 +1,47 @@
+"""The ablation through the detector interface: reconstruction and segmentation models alike."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from helpers.brains import DAE, SEGMENTER, SIZE, disc_brains, split_arrays
+
+from brainad.config import load_study
+from brainad.data.arrays import save_arrays
+from brainad.evaluation.ablation import AGGREGATES, SMOOTHING, run_ablation
+from brainad.models.checkpoint import save_checkpoint
+from brainad.models.dae import DenoisingAE
+from brainad.models.segmenter import Segmenter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ablation_measures_every_variant_of_the_new_models(tmp_path: Path) -> None:
+    config = load_study("demo", ROOT / "params.yaml")
+    lesions = dataclasses.replace(config.evaluate.lesions, radius_range=(0.08, 0.15))
+    config = dataclasses.replace(
+        config, evaluate=dataclasses.replace(config.evaluate, lesions=lesions)
+    )
+    images, masks = disc_brains(12, seed=4)
+    labels = np.r_[np.zeros(8), np.ones(4)]
+    save_arrays(tmp_path / "val.npz", split_arrays(images, masks, labels))
+    torch.manual_seed(0)
+    models = {}
+    for model in (DenoisingAE(DAE, SIZE), Segmenter(SEGMENTER, SIZE)):
+        models[model.name] = tmp_path / f"{model.name}-best.pt"
+        save_checkpoint(models[model.name], model, epoch=3)
+    document = run_ablation(config, tmp_path, models, tmp_path / "out")
+    rows = document["rows"]
+    variants = len(SMOOTHING) * len(AGGREGATES)
+    assert {(r["model"], r["map"]) for r in rows} == {
+        ("dae", "residual"),
+        ("segmenter", "segmentation"),
+    }
+    assert len(rows) == 2 * variants and all(r["epoch"] == 3 for r in rows)
+    assert all(0.0 <= r["lesion_auroc"] <= 1.0 and 0.0 <= r["real_auroc"] <= 1.0 for r in rows)
+    assert (
+        "| segmenter (epoch 3) | segmentation |" in (tmp_path / "out" / "validation.md").read_text()
+    )

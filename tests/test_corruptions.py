@@ -1,0 +1,76 @@
+"""Training corruptions: coarse noise inside the brain; synthetic anomalies with exact targets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from helpers.brains import SEGMENTER, disc_brains
+
+from brainad.models.corruptions import (
+    CHANGE_EPS,
+    brain_of,
+    coarse_noise,
+    rectangle_union,
+    synthetic_anomalies,
+)
+
+
+def test_coarse_noise_is_only_inside_the_brain_and_seeded() -> None:
+    x, masks = disc_brains(8)
+    noise = coarse_noise(x, 4, 0.2, torch.Generator().manual_seed(1))
+    assert torch.equal(brain_of(x), masks)
+    assert (noise[~masks] == 0).all()
+    assert (noise[masks] != 0).float().mean() > 0.99
+    assert 0.1 < noise[masks].std() < 0.3  # bilinear interpolation shrinks the std a little
+    again = coarse_noise(x, 4, 0.2, torch.Generator().manual_seed(1))
+    assert torch.equal(noise, again)
+
+
+def test_coarse_noise_is_low_frequency() -> None:
+    """Neighbouring pixels differ far less than white noise of the same std would (~1.13 std)."""
+    x = torch.zeros(16, 1, 64, 64)  # all brain: no mask edges
+    noise = coarse_noise(x, 8, 1.0, torch.Generator().manual_seed(0))
+    step = (noise[..., 1:] - noise[..., :-1]).abs().mean()
+    assert step < 0.15 * noise.std()
+    white = torch.randn(16, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert (white[..., 1:] - white[..., :-1]).abs().mean() > 1.0 * white.std()
+
+
+def test_anomaly_targets_are_exactly_the_changed_brain_pixels() -> None:
+    x, masks = disc_brains(32, seed=3)
+    out = synthetic_anomalies(x, SEGMENTER, torch.Generator().manual_seed(0))
+    changed = (out.images - x).abs() > CHANGE_EPS
+    assert torch.equal(out.target > 0, changed)
+    assert (out.target[~masks] == 0).all() and (out.images[~masks] == x[~masks]).all()
+    assert out.target.max() <= 1.0 and out.images.abs().max() <= 1.0
+    per_image = changed.flatten(1).any(1)
+    assert 0 < per_image.sum() < len(x)  # clean_fraction 0.25: some clean, most corrupted
+
+
+def test_foreign_patches_have_one_level_and_fields_many() -> None:
+    """A foreign patch has one target level (its alpha, hard edges — unlike the soft-edged
+    evaluation lesions); a smooth field has many."""
+    x, _ = disc_brains(32, seed=4)
+    config = dataclasses.replace(SEGMENTER, clean_fraction=0.0)
+    out = synthetic_anomalies(x, config, torch.Generator().manual_seed(2))
+    levels = [torch.unique(t[t > 0]).numel() for t in out.target]
+    assert all(n > 0 for n in levels)  # clean_fraction 0: every image is corrupted
+    assert 1 in levels and max(levels) > 20
+    alphas = [float(t[t > 0][0]) for t, n in zip(out.target, levels) if n == 1]
+    assert all(0.1 <= a <= 1.0 for a in alphas)
+
+
+def test_no_anomaly_when_every_image_is_clean() -> None:
+    x, _ = disc_brains(8)
+    out = synthetic_anomalies(x, dataclasses.replace(SEGMENTER, clean_fraction=1.0))
+    assert torch.equal(out.images, x) and (out.target == 0).all()
+
+
+def test_regions_are_rectangle_unions() -> None:
+    """Every row of a region is one or a few runs of pixels: no soft edge, no ellipse fill."""
+    regions = rectangle_union(16, 32, torch.Generator().manual_seed(0), "cpu")
+    assert regions.any(dim=(1, 2, 3)).all()
+    rows = regions[:, 0].int()
+    starts = (rows[..., 1:] > rows[..., :-1]).sum(-1) + rows[..., 0]  # runs per row
+    assert starts.max() <= 3  # at most one run per rectangle

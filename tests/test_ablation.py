@@ -28,13 +28,18 @@ def test_ablation_measures_every_variant_of_the_new_models(tmp_path: Path) -> No
     images, masks = disc_brains(12, seed=4)
     labels = np.r_[np.zeros(8), np.ones(4)]
     save_arrays(tmp_path / "val.npz", split_arrays(images, masks, labels))
+    train_images, train_masks = disc_brains(16, seed=5)
+    save_arrays(tmp_path / "train.npz", split_arrays(train_images, train_masks, np.zeros(16)))
     torch.manual_seed(0)
     models = {}
     for model in (DenoisingAE(DAE, SIZE), Segmenter(SEGMENTER, SIZE)):
         models[model.name] = tmp_path / f"{model.name}-best.pt"
         save_checkpoint(models[model.name], model, epoch=3)
     document = run_ablation(config, tmp_path, models, tmp_path / "out")
-    rows = document["rows"]
+    baselines = [r for r in document["rows"] if r["kind"] == "baseline"]
+    assert {r["model"] for r in baselines} >= {"mirror_asymmetry", "image_stats", "pca_recon"}
+    assert all(0.0 <= r["lesion_auroc"] <= 1.0 for r in baselines)
+    rows = [r for r in document["rows"] if r["kind"] == "model"]
     variants = len(SMOOTHING) * len(AGGREGATES)
     assert {(r["model"], r["map"]) for r in rows} == {
         ("dae", "residual"),
@@ -43,5 +48,6 @@ def test_ablation_measures_every_variant_of_the_new_models(tmp_path: Path) -> No
     assert len(rows) == 2 * variants and all(r["epoch"] == 3 for r in rows)
     assert all(0.0 <= r["lesion_auroc"] <= 1.0 and 0.0 <= r["real_auroc"] <= 1.0 for r in rows)
     assert (
-        "| segmenter (epoch 3) | segmentation |" in (tmp_path / "out" / "validation.md").read_text()
+        "| segmenter (epoch 3) | model | segmentation |"
+        in (tmp_path / "out" / "validation.md").read_text()
     )

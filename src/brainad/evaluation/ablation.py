@@ -7,7 +7,8 @@ through the model's raw detector (:func:`~brainad.scoring.bundle.raw_detector`: 
 with the model's diagnostic maps); each variant (map kind × smoothing × aggregation) is then
 measured on three validation tracks:
 
-- ``real``: ROC-AUC of anomalous vs healthy validation scans (confounded by the image source);
+- ``real``: ROC-AUC of anomalous vs healthy validation scans (confounded by the image source),
+  and ``matched``: the same like with like (``evaluate.matched`` strata of the manifest);
 - ``lesion``: ROC-AUC of lesioned copies vs their clean twins, and the fraction of pairs in which
   the copy scores higher;
 - ``pixel``: pixel ROC-AUC of the anomaly map inside the brain mask of the lesioned copies.
@@ -17,6 +18,10 @@ reconstruction) for reconstruction models, ``segmentation`` (the anomaly probabi
 brain) for the segmenter, and each model's ``diagnostic_maps``: for VQGAN+D the ``quantisation
 distance`` (distance of each encoder output to its nearest code), for the token prior
 ``token_nll`` and ``restoration`` (|VQGAN+D reconstruction − healed|).
+
+The trivial baselines (:func:`~brainad.scoring.baselines.default_baselines`, fitted on the
+healthy training scans) are measured on the same tracks, so the bar each model has to clear on
+validation stands in the same table.
 
 The ``ablate`` stage writes ``reports/<study>/ablation/validation.{json,md}``; the evaluate stage
 puts the table into ``summary.md``, so every variant tried is reported beside the chosen one.
@@ -28,18 +33,21 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from brainad import metrics as metrics_lib
 from brainad.config import StudyConfig
-from brainad.data.arrays import load_arrays
-from brainad.evaluation.tracks import lesion_track
+from brainad.data.arrays import SplitArrays, load_arrays
+from brainad.data.manifest import read_manifest
+from brainad.evaluation.tracks import LesionTrack, Strata, lesion_track, strata_of
 from brainad.models.checkpoint import load_model
 from brainad.runtime import deterministic_kernels, study_deterministic
+from brainad.scoring.baselines import default_baselines
 from brainad.scoring.bundle import raw_detector
-from brainad.scoring.detector import pixel_maps
+from brainad.scoring.detector import pixel_maps, score_raw
 from brainad.scoring.gan import SELECTION_SCORE
 from brainad.scoring.maps import aggregate, smooth
 from brainad.utils import select_device, write_json, write_text
@@ -51,10 +59,37 @@ AGGREGATES = (("mean", 1.0), ("topk", 1.0), ("topk", 5.0), ("max", 1.0))
 BATCH_SIZE = 32  # images per forward pass (the variants are computed on the whole split)
 
 
-def _variant_rows(name: str, epoch: int, maps_val: dict, maps_les: dict, val, track) -> list[dict]:
+class _Validation(NamedTuple):
+    """The validation split, its lesion track and its strata (None without a manifest)."""
+
+    val: SplitArrays
+    track: LesionTrack
+    strata: Strata | None
+
+
+def _row(data: _Validation, s_val: np.ndarray, s_les: np.ndarray, **about) -> dict:
+    """One variant's numbers from its validation scores and its lesioned copies' scores."""
+    clean = s_val[data.track.clean_index]
+    labels = np.r_[np.zeros(len(clean)), np.ones(len(s_les))]
+    matched = None  # JSON has no NaN
+    if data.strata is not None and len(np.unique(data.val.labels[data.strata.matched])) == 2:
+        keep = data.strata.matched
+        matched = metrics_lib.roc_auc(data.val.labels[keep], s_val[keep])
+    return {
+        **about,
+        "real_auroc": metrics_lib.roc_auc(data.val.labels, s_val),
+        "matched_auroc": matched,
+        "lesion_auroc": metrics_lib.roc_auc(labels, np.r_[clean, s_les]),
+        "pairs_higher": float(np.mean(s_les > clean)),
+    }
+
+
+def _variant_rows(
+    name: str, epoch: int, maps_val: dict, maps_les: dict, data: _Validation
+) -> list[dict]:
+    val, track = data.val, data.track
     brain_val = torch.from_numpy(val.brain_masks)
     brain_les = torch.from_numpy(track.brain_masks)
-    twin = track.clean_index
     rows = []
     for kind in maps_val:
         for smoothing, px in SMOOTHING:
@@ -67,29 +102,54 @@ def _variant_rows(name: str, epoch: int, maps_val: dict, maps_les: dict, val, tr
             for method, k in AGGREGATES:
                 s_val = aggregate(sm_val, brain_val, method, k).numpy()
                 s_les = aggregate(sm_les, brain_les, method, k).numpy()
-                clean = s_val[twin]
-                labels = np.r_[np.zeros(len(clean)), np.ones(len(s_les))]
-                rows.append(
-                    {
-                        "model": name,
-                        "epoch": epoch,
-                        "map": kind,
-                        "smoothing": f"{smoothing} {px}px" if px > 1 else smoothing,
-                        "aggregate": method if method != "topk" else f"top {k:g}%",
-                        "real_auroc": metrics_lib.roc_auc(val.labels, s_val),
-                        "lesion_auroc": metrics_lib.roc_auc(labels, np.r_[clean, s_les]),
-                        "pairs_higher": float(np.mean(s_les > clean)),
-                        "pixel_auroc": pixel,
-                    }
-                )
+                about = {
+                    "model": name,
+                    "kind": "model",
+                    "epoch": epoch,
+                    "map": kind,
+                    "smoothing": f"{smoothing} {px}px" if px > 1 else smoothing,
+                    "aggregate": method if method != "topk" else f"top {k:g}%",
+                }
+                rows.append({**_row(data, s_val, s_les, **about), "pixel_auroc": pixel})
     return rows
 
 
-def run_ablation(config: StudyConfig, arrays_dir: Path, models: dict[str, Path], out: Path) -> dict:
-    """Measure every variant of every model on the validation tracks; write the JSON and table."""
+def _baseline_rows(config: StudyConfig, train: SplitArrays, data: _Validation) -> list[dict]:
+    """Each trivial baseline, fitted on the healthy training scans, on the validation tracks."""
+    healthy = train.labels == 0
+    rows = []
+    for baseline in default_baselines(config.evaluate):
+        baseline.fit(train.images[healthy].astype(np.float32), train.brain_masks[healthy])
+        s_val = score_raw(baseline, data.val.images, data.val.brain_masks)
+        s_les = score_raw(baseline, data.track.lesions.images, data.track.brain_masks, True)
+        about = {"model": baseline.name, "kind": "baseline", "epoch": 0, "map": "own"}
+        about |= {"smoothing": "own", "aggregate": "own"}
+        row = _row(data, s_val.components["score"], s_les.components["score"], **about)
+        pixel = None
+        if s_les.maps is not None:
+            pixel = metrics_lib.pixel_metrics(
+                data.track.lesions.masks, s_les.maps, data.track.brain_masks, seed=0
+            )["pixel_auroc"]
+        rows.append({**row, "pixel_auroc": pixel})
+    return rows
+
+
+def run_ablation(
+    config: StudyConfig,
+    arrays_dir: Path,
+    models: dict[str, Path],
+    out: Path,
+    manifest: Path | None = None,
+) -> dict:
+    """Measure every variant of every model, and every baseline, on the validation tracks (like
+    with like too, with the study's ``manifest``); write the JSON and the table."""
     device = select_device()
     val = load_arrays(arrays_dir / "val.npz")
     track = lesion_track(config.evaluate.lesions, val)
+    strata = None
+    if manifest is not None:
+        strata = strata_of(val, read_manifest(manifest), config.evaluate.matched)
+    data = _Validation(val, track, strata)
     rows = []
     with deterministic_kernels(study_deterministic(config)):  # pinned in deterministic mode
         for name, path in models.items():
@@ -105,7 +165,8 @@ def run_ablation(config: StudyConfig, arrays_dir: Path, models: dict[str, Path],
                 time.perf_counter() - started,
             )
             epoch = int(payload.get("epoch", 0))
-            rows += _variant_rows(name, epoch, maps_val, maps_les, val, track)
+            rows += _variant_rows(name, epoch, maps_val, maps_les, data)
+        rows += _baseline_rows(config, load_arrays(arrays_dir / "train.npz"), data)
     document = {
         "study": config.name,
         "split": "val",
@@ -114,6 +175,7 @@ def run_ablation(config: StudyConfig, arrays_dir: Path, models: dict[str, Path],
             "anomalous": int((val.labels == 1).sum()),
             "lesioned": int(len(track.clean_index)),
         },
+        "matched": None if strata is None else int(strata.matched.sum()),
         "models": {k: str(v) for k, v in models.items()},
         "rows": rows,
     }
@@ -122,22 +184,31 @@ def run_ablation(config: StudyConfig, arrays_dir: Path, models: dict[str, Path],
     return document
 
 
+def _cell(value: float, fmt: str = ".3f") -> str:
+    return "–" if value is None or not np.isfinite(value) else format(value, fmt)
+
+
 def markdown(document: dict) -> str:
     n = document["n"]
+    matched = document.get("matched")
     lines = [
         f"# Score ablation on the validation split of `{document['study']}`",
         "",
         f"Validation only (the test split is not read): {n['healthy']} healthy and "
-        f"{n['anomalous']} anomalous scans, {n['lesioned']} lesioned copies of the healthy ones.",
+        f"{n['anomalous']} anomalous scans, {n['lesioned']} lesioned copies of the healthy ones"
+        + (f"; {matched} scans in the like-with-like (matched) comparison." if matched else ".")
+        + " Baselines (kind `baseline`) use their own statistic and map.",
         "",
-        "| model | map | smoothing | aggregate | real ROC-AUC | lesion ROC-AUC | pairs higher "
-        "| pixel ROC-AUC |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | kind | map | smoothing | aggregate | real ROC-AUC | matched ROC-AUC "
+        "| lesion ROC-AUC | pairs higher | pixel ROC-AUC |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in document["rows"]:
+        epoch = f" (epoch {r['epoch']})" if r.get("kind", "model") == "model" else ""
         lines.append(
-            f"| {r['model']} (epoch {r['epoch']}) | {r['map']} | {r['smoothing']} | "
-            f"{r['aggregate']} | {r['real_auroc']:.3f} | {r['lesion_auroc']:.3f} | "
-            f"{r['pairs_higher']:.0%} | {r['pixel_auroc']:.3f} |"
+            f"| {r['model']}{epoch} | {r.get('kind', 'model')} | {r['map']} | {r['smoothing']} | "
+            f"{r['aggregate']} | {_cell(r['real_auroc'])} | {_cell(r.get('matched_auroc'))} | "
+            f"{_cell(r['lesion_auroc'])} | {_cell(r['pairs_higher'], '.0%')} | "
+            f"{_cell(r['pixel_auroc'])} |"
         )
     return "\n".join(lines) + "\n"

@@ -51,3 +51,27 @@ def test_ablation_measures_every_variant_of_the_new_models(tmp_path: Path) -> No
         "| segmenter (epoch 3) | model | segmentation |"
         in (tmp_path / "out" / "validation.md").read_text()
     )
+
+
+def test_bake_off_ranks_models_by_both_headline_tracks_against_the_best_baselines() -> None:
+    from brainad.evaluation.ablation import bake_off
+
+    def row(model, kind, lesion, matched, real=0.5, **about):
+        return {"model": model, "kind": kind, "map": "m", "smoothing": "s", "aggregate": "a",
+                "lesion_auroc": lesion, "matched_auroc": matched, "real_auroc": real, **about}  # fmt: skip
+
+    rows = [
+        row("a", "model", 0.90, 0.60, aggregate="max"),  # merit 0.75
+        row("a", "model", 0.70, 0.70, aggregate="mean"),  # merit 0.70: not a's best variant
+        row("b", "model", 0.80, 0.85),  # merit 0.825: the winner
+        row("asym", "baseline", 0.65, 0.80, real=0.9),
+        row("stats", "baseline", 0.75, 0.40),
+    ]
+    record = bake_off(rows)
+    assert record["winner"] == "b"
+    assert record["best_variant"]["a"]["aggregate"] == "max"
+    assert record["bars"]["lesion"] == {"baseline": "stats", "roc_auc": 0.75}
+    assert record["bars"]["matched"] == {"baseline": "asym", "roc_auc": 0.80}
+    assert record["winner_beats_every_baseline"] is True
+    rows[2]["matched_auroc"] = 0.79  # below the asymmetry bar on the matched track
+    assert bake_off(rows)["winner_beats_every_baseline"] is False

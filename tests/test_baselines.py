@@ -54,6 +54,7 @@ def config() -> EvaluateConfig:
         seed=0,
         lesions=LesionConfig(1, (0.1, 0.1), (2.0, 2.0), 1.0, 0, 0.0),
         matched=MatchedConfig(("axial",), ("T1",), ("T1CE",)),
+        default_model="vqgan",
     )
 
 

@@ -40,7 +40,9 @@ def _split(name: str, n: int, seed: int) -> tuple[SplitArrays, list[dict]]:
 @pytest.fixture
 def ev() -> EvaluateConfig:
     lesions = LesionConfig(1, (0.1, 0.1), (2.0, 2.0), 1.0, 0, 0.0)
-    return EvaluateConfig(50, 0.95, 5, 0, lesions, MatchedConfig(("axial",), ("T1",), ("T1CE",)))
+    return EvaluateConfig(
+        50, 0.95, 5, 0, lesions, MatchedConfig(("axial",), ("T1",), ("T1CE",)), "vqgan"
+    )
 
 
 def test_ceiling_finds_a_shortcut_and_stays_near_chance_without_one(ev: EvaluateConfig) -> None:

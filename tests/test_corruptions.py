@@ -11,6 +11,7 @@ from brainad.models.corruptions import (
     CHANGE_EPS,
     brain_of,
     coarse_noise,
+    noise_region,
     rectangle_union,
     synthetic_anomalies,
 )
@@ -74,3 +75,25 @@ def test_regions_are_rectangle_unions() -> None:
     rows = regions[:, 0].int()
     starts = (rows[..., 1:] > rows[..., :-1]).sum(-1) + rows[..., 0]  # runs per row
     assert starts.max() <= 3  # at most one run per rectangle
+
+
+def test_noise_regions_vary_in_size_and_number_and_mix_with_rectangles() -> None:
+    """Thresholded low-frequency fields: hard-edged blobs whose area varies widely from image to
+    image; with both shapes listed, each image gets one of them."""
+    regions = noise_region(32, 64, torch.Generator().manual_seed(1), "cpu")
+    area = regions.float().mean(dim=(1, 2, 3))
+    assert area.max() > 3 * area[area > 0].min()
+    assert set(torch.unique(regions.float()).tolist()) <= {0.0, 1.0}
+    x, _ = disc_brains(64, seed=2)
+    both = dataclasses.replace(SEGMENTER, clean_fraction=0.0, regions=("rectangles", "noise"))
+    out = synthetic_anomalies(x, both, torch.Generator().manual_seed(3))
+    changed = (out.target > 0).any(dim=(1, 2, 3))
+    assert changed.float().mean() > 0.8  # nearly every image is corrupted somewhere
+    assert torch.equal(out.target > 0, (out.images - x).abs() > CHANGE_EPS)
+    bad = dataclasses.replace(SEGMENTER, regions=("ellipses",))
+    try:
+        synthetic_anomalies(x, bad)
+    except ValueError as error:
+        assert "segmenter.model.regions" in str(error)
+    else:
+        raise AssertionError("an unknown region shape was accepted")

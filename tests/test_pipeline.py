@@ -130,6 +130,10 @@ def test_pipeline_writes_every_report(micro_repo) -> None:
     assert "confound ceiling" in summary and "Track 2 by lesion kind and size" in summary
     assert "Deterministic run: pinned kernels" in summary
     assert "Headline: track 1 like with like" in summary and "Track 1 per stratum" in summary
+    assert "Default detector of this study: **`vqgan`**" in summary
+    ablation = json.loads((reports / "ablation" / "validation.json").read_text())
+    assert ablation["bake_off"]["winner"] in {"vqgan", "vqgan_prior", "dcgan", "dae", "segmenter"}
+    assert {"lesion", "matched"} <= set(ablation["bake_off"]["bars"])
     provenance = json.loads((reports / "evaluate" / "evaluation.json").read_text())["provenance"]
     assert provenance["runtime"]["mode"] == "deterministic"  # the stages pinned their kernels
     assert (

@@ -17,7 +17,7 @@ MATCHED = MatchedConfig(("axial",), ("T1", "T1CE"), ("T1CE",))
 @pytest.fixture
 def ev() -> EvaluateConfig:
     lesions = LesionConfig(1, (0.1, 0.1), (2.0, 2.0), 1.0, 0, 0.0)
-    return EvaluateConfig(200, 0.95, 5, 0, lesions, MATCHED)
+    return EvaluateConfig(200, 0.95, 5, 0, lesions, MATCHED, "vqgan")
 
 
 def _test_split(name: str = "Testing", seed: int = 1) -> tuple[SplitArrays, list[dict]]:

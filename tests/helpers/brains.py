@@ -15,7 +15,12 @@ from brainad.data.arrays import SplitArrays
 SIZE = 32
 DAE = DAEConfig(channels=(8, 16, 32), noise_res=4, noise_std=0.2, loss="l1")
 SEGMENTER = SegmenterConfig(
-    channels=(8, 16, 32), mirror_channel=True, clean_fraction=0.25, field_res=4, field_strength=0.5
+    channels=(8, 16, 32),
+    mirror_channel=True,
+    clean_fraction=0.25,
+    field_res=4,
+    field_strength=0.5,
+    regions=("rectangles",),
 )
 
 

@@ -256,6 +256,9 @@ class SegmenterConfig:
         field_res: side of the grid of the smooth intensity field before upsampling.
         field_strength: largest amplitude of the intensity field on the [-1, 1] scale; a
             change of this size is a target of 1.
+        regions: shapes of the corrupted regions, one drawn per image: ``rectangles`` (a union
+            of axis-aligned rectangles) and/or ``noise`` (a thresholded low-frequency random
+            field: irregular blobs of any size, DRAEM-style).
     """
 
     channels: tuple[int, ...]
@@ -263,6 +266,7 @@ class SegmenterConfig:
     clean_fraction: float
     field_res: int
     field_strength: float
+    regions: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -370,6 +374,9 @@ class EvaluateConfig:
         seed: seed for bootstrap and sampling of figure examples.
         lesions: the paired implanted-lesion track.
         matched: the real track's like-with-like stratum (its headline).
+        default_model: the study's default detector (a registered model name), chosen from the
+            ablation's validation bake-off; the summary leads with it and says whether the
+            current bake-off still picks it.
     """
 
     bootstrap: int
@@ -378,6 +385,7 @@ class EvaluateConfig:
     seed: int
     lesions: LesionConfig
     matched: MatchedConfig
+    default_model: str
 
 
 @dataclass(frozen=True)

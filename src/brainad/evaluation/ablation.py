@@ -23,6 +23,11 @@ The trivial baselines (:func:`~brainad.scoring.baselines.default_baselines`, fit
 healthy training scans) are measured on the same tracks, so the bar each model has to clear on
 validation stands in the same table.
 
+The **bake-off** (:func:`bake_off`) ranks the models: each model's best variant by the mean of
+its validation lesion ROC-AUC and its real-track ROC-AUC like with like (``matched``; the whole
+real track where the study has no matched stratum), beside the best baseline of each track. Its
+winner is what ``evaluate.default_model`` should name.
+
 The ``ablate`` stage writes ``reports/<study>/ablation/validation.{json,md}``; the evaluate stage
 puts the table into ``summary.md``, so every variant tried is reported beside the chosen one.
 """
@@ -134,6 +139,47 @@ def _baseline_rows(config: StudyConfig, train: SplitArrays, data: _Validation) -
     return rows
 
 
+def _merit(row: dict) -> float:
+    """The bake-off's criterion: mean of the validation lesion ROC-AUC and the like-with-like
+    real-track ROC-AUC (the whole real track where there is no matched stratum)."""
+    real = row["matched_auroc"] if row.get("matched_auroc") is not None else row["real_auroc"]
+    return (row["lesion_auroc"] + real) / 2
+
+
+def bake_off(rows: list[dict]) -> dict:
+    """Each model's best variant by :func:`_merit`, the best baseline of each track, the winner
+    among the models, and whether it beats every baseline on both tracks (on validation)."""
+    best: dict[str, dict] = {}
+    for row in (r for r in rows if r["kind"] == "model"):
+        if row["model"] not in best or _merit(row) > _merit(best[row["model"]]):
+            best[row["model"]] = row
+    baselines = [r for r in rows if r["kind"] == "baseline"]
+    tracks = {"lesion": "lesion_auroc", "real": "real_auroc", "matched": "matched_auroc"}
+    bars = {}
+    for track, key in tracks.items():
+        scored = [r for r in baselines if r.get(key) is not None]
+        if scored:
+            top = max(scored, key=lambda r: r[key])
+            bars[track] = {"baseline": top["model"], "roc_auc": top[key]}
+    winner = max(best, key=lambda name: _merit(best[name])) if best else None
+    headline = "matched" if "matched" in bars else "real"
+    beats = None
+    if winner is not None and bars:
+        row = best[winner]
+        beats = all(
+            row[tracks[t]] is not None and row[tracks[t]] > bars[t]["roc_auc"]
+            for t in ("lesion", headline)
+            if t in bars
+        )
+    return {
+        "criterion": f"mean of validation lesion ROC-AUC and {headline} ROC-AUC",
+        "best_variant": {name: {**row, "merit": _merit(row)} for name, row in best.items()},
+        "bars": bars,
+        "winner": winner,
+        "winner_beats_every_baseline": beats,
+    }
+
+
 def run_ablation(
     config: StudyConfig,
     arrays_dir: Path,
@@ -177,11 +223,44 @@ def run_ablation(
         },
         "matched": None if strata is None else int(strata.matched.sum()),
         "models": {k: str(v) for k, v in models.items()},
+        "bake_off": bake_off(rows),
         "rows": rows,
     }
     write_json(out / "validation.json", document)
     write_text(out / "validation.md", markdown(document))
     return document
+
+
+def _bake_off_lines(record: dict | None) -> list[str]:
+    if not record or record["winner"] is None:
+        return []
+    lines = [
+        f"## Bake-off ({record['criterion']})",
+        "",
+        "| model | map | smoothing | aggregate | lesion ROC-AUC | real ROC-AUC | matched ROC-AUC "
+        "| merit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    ranked = sorted(record["best_variant"].values(), key=lambda r: -r["merit"])
+    for r in ranked:
+        lines.append(
+            f"| {r['model']} | {r['map']} | {r['smoothing']} | {r['aggregate']} | "
+            f"{_cell(r['lesion_auroc'])} | {_cell(r['real_auroc'])} | "
+            f"{_cell(r.get('matched_auroc'))} | {_cell(r['merit'])} |"
+        )
+    bars = ", ".join(
+        f"{track} {bar['baseline']} {bar['roc_auc']:.3f}" for track, bar in record["bars"].items()
+    )
+    verdict = "beats" if record["winner_beats_every_baseline"] else "does NOT beat"
+    lines += [
+        "",
+        f"Winner: **{record['winner']}**; it {verdict} the best baseline of each headline track "
+        f"on validation (best baselines: {bars}).",
+        "",
+        "## Every variant",
+        "",
+    ]
+    return lines
 
 
 def _cell(value: float, fmt: str = ".3f") -> str:
@@ -199,6 +278,7 @@ def markdown(document: dict) -> str:
         + (f"; {matched} scans in the like-with-like (matched) comparison." if matched else ".")
         + " Baselines (kind `baseline`) use their own statistic and map.",
         "",
+        *_bake_off_lines(document.get("bake_off")),
         "| model | kind | map | smoothing | aggregate | real ROC-AUC | matched ROC-AUC "
         "| lesion ROC-AUC | pairs higher | pixel ROC-AUC |",
         "|---|---|---|---|---|---|---|---|---|---|",

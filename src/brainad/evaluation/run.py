@@ -193,6 +193,11 @@ def run_evaluate(
     from brainad.evaluation import figures, report, summary
     from brainad.utils import read_json, select_device, write_json, write_text
 
+    if config.evaluate.default_model not in registry.MODEL_NAMES:
+        raise ValueError(
+            f"evaluate.default_model {config.evaluate.default_model!r} is not a registered model; "
+            f"choose one of {list(registry.MODEL_NAMES)} in params.yaml"
+        )
     with deterministic_kernels(study_deterministic(config)):  # pinned in deterministic mode
         device = select_device()
         splits = load_splits(arrays_dir)
@@ -243,6 +248,7 @@ def run_evaluate(
                 ablation=read_json(ablation_report) if ablation_report else None,
                 ceiling=ceiling,
                 matched=config.evaluate.matched if strata is not None else None,
+                default_model=config.evaluate.default_model,
             ),
         )
     log.info(

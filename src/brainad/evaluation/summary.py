@@ -46,6 +46,28 @@ def _fmt(metric: dict, key: str) -> str:
     return f"{value:.3f}"
 
 
+def _default_section(study: str, default: str | None, ablation: dict | None) -> list[str]:
+    """Which detector the study recommends and whether the validation bake-off agrees."""
+    if default is None:
+        return []
+    record = (ablation or {}).get("bake_off") or {}
+    winner = record.get("winner")
+    if winner is None:
+        agreement = "the ablation has no bake-off record"
+    elif winner == default:
+        agreement = f"it is the validation bake-off's winner ({record['criterion']})"
+    else:
+        agreement = (
+            f"**the validation bake-off now picks `{winner}`** ({record['criterion']}): "
+            "update `evaluate.default_model`"
+        )
+    return [
+        f"Default detector of this study: **`{default}`** (`evaluate.default_model`); {agreement}. "
+        f"Score new scans with `brainad score --model models/{study}/scorers/{default}.pt`.",
+        "",
+    ]
+
+
 def _matched_section(
     results: list[MethodResult], ceiling: dict | None, matched: MatchedConfig | None
 ) -> list[str]:
@@ -165,6 +187,7 @@ def summary_markdown(
     ablation: dict | None = None,
     ceiling: dict | None = None,
     matched: MatchedConfig | None = None,
+    default_model: str | None = None,
 ) -> str:
     """The human-readable summary: one table, both tracks, CIs, thresholds, the variants tried on
     validation (``ablation``, from the ablate stage), provenance."""
@@ -180,6 +203,7 @@ def summary_markdown(
             "flipped.**",
             "",
         ]
+    lines += _default_section(study, default_model, ablation)
     lines += _matched_section(results, ceiling, matched)
     lines += [
         "## All methods, both tracks",

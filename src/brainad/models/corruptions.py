@@ -8,8 +8,10 @@ device (which the training loop seeds and checkpoints).
 
 The segmenter's anomalies are deliberately unlike the lesions the evaluation implants
 (:mod:`brainad.evaluation.lesions`: soft-edged ellipses with harmonic boundaries, a constant
-offset, a ring or another tissue's intensity). Here the region is a union of axis-aligned
-rectangles with hard edges, and the content is either
+offset, a ring or another tissue's intensity). Here the region (``regions``, one drawn per image)
+is a union of axis-aligned rectangles with hard edges, or a thresholded low-frequency random field
+(irregular hard-edged blobs of any number and size, as DRAEM's Perlin masks), and the content is
+either
 
 * a **foreign patch** (FPI, Tan et al. 2020): the same region of ANOTHER healthy slice of the
   batch blended in with a factor ``alpha ~ U(0.1, 1)``; target ``alpha`` where a pixel changed;
@@ -34,6 +36,9 @@ ALPHA_RANGE = (0.1, 1.0)  # blending factor of a foreign patch; amplitude factor
 RECTANGLES = 3  # rectangles per region (their union)
 RECTANGLE_SIDE = (0.06, 0.3)  # full side of a rectangle, as a fraction of the image side
 PATCH_SHARE = 0.5  # of the corrupted images, the share given a foreign patch (else a field)
+REGIONS = ("rectangles", "noise")
+NOISE_REGION_RES = (3, 8)  # grid side range of a noise region's field, relative to 64 px
+NOISE_REGION_LEVEL = (0.35, 0.75)  # the field (uniform in [-1, 1]) above this is the region
 
 
 class Corrupted(NamedTuple):
@@ -104,6 +109,39 @@ def rectangle_union(
     return boxes.any(dim=1, keepdim=True)  # (B, 1, S, S)
 
 
+def noise_region(batch: int, size: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """(batch, 1, size, size) bool: per image a low-frequency random field (grid side drawn from
+    :data:`NOISE_REGION_RES`, scaled with ``size``) above a random level from
+    :data:`NOISE_REGION_LEVEL`: irregular blobs, from one small spot to several large ones."""
+    low, high = (max(2, round(r * size / 64)) for r in NOISE_REGION_RES)
+    res = low + int(_rand((1,), generator, device).item() * (high - low + 1))
+    field = smooth_field(batch, min(res, size), size, generator, device, normal=False)
+    lo, hi = NOISE_REGION_LEVEL
+    level = lo + (hi - lo) * _rand((batch, 1, 1, 1), generator, device)
+    return field > level
+
+
+def _regions(
+    regions: tuple[str, ...], batch: int, size: int, generator: torch.Generator | None, device
+) -> torch.Tensor:
+    """One region per image, its shape drawn uniformly from ``regions`` (:data:`REGIONS`)."""
+    unknown = sorted(set(regions) - set(REGIONS))
+    if not regions or unknown:
+        raise ValueError(
+            f"segmenter.model.regions must be a non-empty list of {list(REGIONS)}, got {list(regions)}"
+        )
+    shapes = {
+        "rectangles": lambda: rectangle_union(batch, size, generator, device),
+        "noise": lambda: noise_region(batch, size, generator, device),
+    }
+    drawn = [shapes[name]() for name in regions]
+    if len(drawn) == 1:
+        return drawn[0]
+    pick = (_rand((batch,), generator, device) * len(drawn)).long().clamp(max=len(drawn) - 1)
+    stacked = torch.stack(drawn)  # (R, B, 1, S, S)
+    return stacked[pick, torch.arange(batch, device=device)]
+
+
 def synthetic_anomalies(
     x: torch.Tensor, config: SegmenterConfig, generator: torch.Generator | None = None
 ) -> Corrupted:
@@ -111,7 +149,7 @@ def synthetic_anomalies(
 
     Per image: with probability ``config.clean_fraction`` unchanged; otherwise a foreign patch
     (share :data:`PATCH_SHARE`) or a smooth intensity field inside a random rectangle union
-    within the brain (see the module docstring).
+    of a shape drawn from ``config.regions`` within the brain (see the module docstring).
 
     Raises:
         ValueError: ``clean_fraction`` outside [0, 1] or ``field_strength`` not > 0.
@@ -127,7 +165,7 @@ def synthetic_anomalies(
     choice = _rand((batch, 2), generator, device)  # (corrupted?, patch or field?)
     amount = ALPHA_RANGE[0] + (ALPHA_RANGE[1] - ALPHA_RANGE[0]) * _rand((batch,), generator, device)
     amount = amount.view(-1, 1, 1, 1)
-    region = rectangle_union(batch, size, generator, device) & brain_of(x)
+    region = _regions(tuple(config.regions), batch, size, generator, device) & brain_of(x)
     region &= (choice[:, 0] >= config.clean_fraction).view(-1, 1, 1, 1)
     patch = (choice[:, 1] < PATCH_SHARE).view(-1, 1, 1, 1)
     field = smooth_field(batch, config.field_res, size, generator, device, normal=False)

@@ -59,7 +59,7 @@ from brainad.utils import select_device, write_json, write_text
 
 log = logging.getLogger("brainad")
 
-SMOOTHING = (("none", 1), ("gaussian", 5), ("gaussian", 9))
+SMOOTHING = (("none", 1), ("gaussian", 5), ("gaussian", 9), ("gaussian", 13), ("median", 5))
 AGGREGATES = (("mean", 1.0), ("topk", 1.0), ("topk", 5.0), ("max", 1.0))
 BATCH_SIZE = 32  # images per forward pass (the variants are computed on the whole split)
 

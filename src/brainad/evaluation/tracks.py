@@ -79,10 +79,11 @@ def lesion_track(config: LesionConfig, arrays: SplitArrays) -> LesionTrack:
 
 
 class Strata(NamedTuple):
-    """Manifest labels of the test scans, for the per-stratum real track.
+    """Manifest labels of a split's scans (test; validation in the ablation), for the
+    per-stratum real track.
 
     Args:
-        keys: (N,) ``"<plane>/<sequence>"`` of each test scan (``unknown`` where unlabelled).
+        keys: (N,) ``"<plane>/<sequence>"`` of each scan (``unknown`` where unlabelled).
         matched: (N,) True for the scans of the like-with-like comparison (``evaluate.matched``).
     """
 

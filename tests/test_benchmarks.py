@@ -179,7 +179,9 @@ def test_quick_run_prints_markdown_table(quick: tuple[dict, str]) -> None:
     result, stdout = quick
     lines = stdout.splitlines()
     assert lines[0].startswith("| model | device | precision |")
-    rows = [ln for ln in lines if ln.startswith(("| vqgan |", "| dcgan |", "| vqgan_prior |"))]
+    from brainad.models.registry import MODEL_NAMES
+
+    rows = [ln for ln in lines if ln.startswith(tuple(f"| {name} |" for name in MODEL_NAMES))]
     assert len(rows) == len(result["training"])
     assert any(ln.startswith("| scoring images/s (evaluate path) |") for ln in lines)
 

@@ -133,7 +133,7 @@ def test_pipeline_writes_every_report(micro_repo) -> None:
     assert "Default detector of this study: **`vqgan`**" in summary
     ablation = json.loads((reports / "ablation" / "validation.json").read_text())
     assert ablation["bake_off"]["winner"] in {"vqgan", "vqgan_prior", "dcgan", "dae", "segmenter"}
-    assert {"lesion", "matched"} <= set(ablation["bake_off"]["bars"])
+    assert "lesion" in ablation["bake_off"]["bars"]  # matched too where val has both classes
     provenance = json.loads((reports / "evaluate" / "evaluation.json").read_text())["provenance"]
     assert provenance["runtime"]["mode"] == "deterministic"  # the stages pinned their kernels
     assert (

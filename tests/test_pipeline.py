@@ -57,6 +57,8 @@ MICRO = {
         "model": {"dim": 16, "layers": 1, "heads": 2, "train_block_range": [1, 2]},
         "fit": MICRO_FIT,
     },
+    "dae": {"model": {"channels": [8, 16], "noise_res": 4}, "fit": MICRO_FIT},
+    "segmenter": {"model": {"channels": [8, 16]}, "fit": MICRO_FIT},
     "score": {"batch_size": 16},
     "evaluate": {
         "bootstrap": 20,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.brains import split_arrays
 
 from brainad.config import EvaluateConfig, LesionConfig, MatchedConfig
 from brainad.data.arrays import SplitArrays
@@ -15,20 +16,8 @@ def _split(name: str, n: int, seed: int) -> tuple[SplitArrays, list[dict]]:
     rng = np.random.default_rng(seed)
     labels = np.r_[np.zeros(n // 2), np.ones(n - n // 2)].astype(np.int8)
     images = rng.uniform(-1, 1, (n, 1, 8, 8)).astype(np.float16)
-    paths = np.array([f"{name}/{i}.png" for i in range(n)])
-    arrays = SplitArrays(
-        images=images,
-        brain_masks=np.ones(images.shape, bool),
-        lesion_masks=np.zeros(images.shape, bool),
-        has_lesion_mask=np.zeros(n, bool),
-        labels=labels,
-        paths=paths,
-        sha256=np.array([f"{i:064x}" for i in range(n)]),
-        class_names=np.where(labels == 1, "glioma", "notumor"),
-        folders=np.full(n, "Training"),
-        fallback=np.zeros(n, bool),
-        coverage=np.full(n, 0.5, np.float32),
-    )
+    arrays = split_arrays(images, np.ones(images.shape, bool), labels, prefix=name)
+    paths = arrays.paths
     rows = [
         {"path": p, "bytes": int(rng.integers(9000, 11000)), "width": 256, "height": 256,
          "channels": 1, "bit_depth": 8}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.brains import split_arrays
 
 from brainad.config import EvaluateConfig, LesionConfig, MatchedConfig
-from brainad.data.arrays import SplitArrays
 from brainad.evaluation.confound import confound_ceiling
 from brainad.evaluation.tracks import strata_of, stratum_metrics
 
@@ -20,28 +20,16 @@ def ev() -> EvaluateConfig:
     return EvaluateConfig(200, 0.95, 5, 0, lesions, MATCHED, "vqgan")
 
 
-def _test_split(name: str = "Testing", seed: int = 1) -> tuple[SplitArrays, list[dict]]:
+def _test_split(name: str = "Testing", seed: int = 1) -> tuple:
     """Healthy: 40 T2, 10 T1, 10 T1CE; anomalous: 30 T1CE (axial) and 4 coronal T1CE. File sizes
     carry no class information."""
     sequences = ["T2"] * 40 + ["T1"] * 10 + ["T1CE"] * 44
     planes = ["axial"] * 90 + ["coronal"] * 4
     labels = np.r_[np.zeros(60), np.ones(34)].astype(np.int8)
     n = len(labels)
-    paths = np.array([f"{name}/{i}.jpg" for i in range(n)])
     images = np.zeros((n, 1, 8, 8), np.float16)
-    arrays = SplitArrays(
-        images=images,
-        brain_masks=np.ones(images.shape, bool),
-        lesion_masks=np.zeros(images.shape, bool),
-        has_lesion_mask=np.zeros(n, bool),
-        labels=labels,
-        paths=paths,
-        sha256=np.array([f"{i:064x}" for i in range(n)]),
-        class_names=np.where(labels == 1, "glioma", "notumor"),
-        folders=np.full(n, "Testing"),
-        fallback=np.zeros(n, bool),
-        coverage=np.full(n, 0.5, np.float32),
-    )
+    arrays = split_arrays(images, np.ones(images.shape, bool), labels, prefix=name)
+    paths = arrays.paths
     sizes = np.random.default_rng(seed).integers(9000, 11000, n).tolist()
     rows = [
         {"path": p, "plane": pl, "sequence": sq, "bytes": b, "width": 256, "height": 256,
@@ -63,7 +51,7 @@ def test_strata_of_labels_every_scan_and_marks_the_matched_groups() -> None:
 
 def test_strata_of_names_a_scan_missing_from_the_manifest() -> None:
     arrays, rows = _test_split()
-    with pytest.raises(ValueError, match=r"Testing/3\.jpg.*manifest"):
+    with pytest.raises(ValueError, match=r"Testing/3\.png.*manifest"):
         strata_of(arrays, rows[:3] + rows[4:], MATCHED)
 
 

@@ -44,16 +44,21 @@ def disc_brains(n: int, size: int = SIZE, seed: int = 0) -> tuple[torch.Tensor, 
     return torch.where(masks, brain, torch.tensor(-1.0)).contiguous(), masks
 
 
-def split_arrays(images: torch.Tensor, masks: torch.Tensor, labels: np.ndarray) -> SplitArrays:
-    """A :class:`SplitArrays` of these images (float16, as the preprocess stage writes them)."""
+def split_arrays(
+    images: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray, labels: np.ndarray,
+    prefix: str = "x",
+) -> SplitArrays:  # fmt: skip
+    """A :class:`SplitArrays` of these images (float16, as the preprocess stage writes them),
+    named ``<prefix>/<i>.png``."""
+    images, masks = np.asarray(images), np.asarray(masks)
     n = len(images)
     return SplitArrays(
-        images=images.numpy().astype(np.float16),
-        brain_masks=masks.numpy(),
+        images=images.astype(np.float16),
+        brain_masks=masks.astype(bool),
         lesion_masks=np.zeros(images.shape, bool),
         has_lesion_mask=np.zeros(n, bool),
         labels=labels.astype(np.int8),
-        paths=np.array([f"x/{i}.png" for i in range(n)]),
+        paths=np.array([f"{prefix}/{i}.png" for i in range(n)]),
         sha256=np.array([f"{i:064x}" for i in range(n)]),
         class_names=np.where(labels == 1, "glioma", "notumor"),
         folders=np.full(n, "Training"),

@@ -11,7 +11,7 @@ from helpers.brains import DAE, SEGMENTER, SIZE, disc_brains, split_arrays
 
 from brainad.config import load_study
 from brainad.data.arrays import save_arrays
-from brainad.evaluation.ablation import AGGREGATES, SMOOTHING, run_ablation
+from brainad.evaluation.ablation import AGGREGATES, ASYMMETRY_WEIGHTS, SMOOTHING, run_ablation
 from brainad.models.checkpoint import save_checkpoint
 from brainad.models.dae import DenoisingAE
 from brainad.models.segmenter import Segmenter
@@ -39,13 +39,24 @@ def test_ablation_measures_every_variant_of_the_new_models(tmp_path: Path) -> No
     baselines = [r for r in document["rows"] if r["kind"] == "baseline"]
     assert {r["model"] for r in baselines} >= {"mirror_asymmetry", "image_stats", "pca_recon"}
     assert all(0.0 <= r["lesion_auroc"] <= 1.0 for r in baselines)
-    rows = [r for r in document["rows"] if r["kind"] == "model"]
+    models = [r for r in document["rows"] if r["kind"] == "model"]
+    rows = [r for r in models if r["weight_asymmetry"] == 0]
     variants = len(SMOOTHING) * len(AGGREGATES)
     assert {(r["model"], r["map"]) for r in rows} == {
         ("dae", "residual"),
         ("segmenter", "segmentation"),
     }
     assert len(rows) == 2 * variants and all(r["epoch"] == 3 for r in rows)
+    # each model's best variant, combined with the mirror asymmetry at every weight tried
+    combined = [r for r in models if r["weight_asymmetry"] > 0]
+    assert sorted((r["model"], r["weight_asymmetry"]) for r in combined) == sorted(
+        (name, w) for name in ("dae", "segmenter") for w in ASYMMETRY_WEIGHTS
+    )
+    for r in combined:
+        best = document["bake_off"]["best_variant"][r["model"]]
+        base = best["map"].split(" + ")[0]
+        assert r["map"] == f"{base} + asymmetry ×{r['weight_asymmetry']:g}"
+        assert 0.0 <= r["lesion_auroc"] <= 1.0 and r["pixel_auroc"] is not None
     assert all(0.0 <= r["lesion_auroc"] <= 1.0 and 0.0 <= r["real_auroc"] <= 1.0 for r in rows)
     assert (
         "| segmenter (epoch 3) | model | segmentation |"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from helpers.brains import SEGMENTER, disc_brains
 
@@ -97,3 +98,20 @@ def test_noise_regions_vary_in_size_and_number_and_mix_with_rectangles() -> None
         assert "segmenter.model.regions" in str(error)
     else:
         raise AssertionError("an unknown region shape was accepted")
+
+
+def test_soft_edges_fade_the_corruption_and_its_target_and_zero_keeps_hard_edges() -> None:
+    """``edge_softness`` > 0: a foreign patch fades in over its edge (many target levels, none
+    above 1) and the image changes exactly where the target is positive (0: one level per patch,
+    :func:`test_foreign_patches_have_one_level_and_fields_many`)."""
+    x, masks = disc_brains(32, seed=4)
+    hard = dataclasses.replace(SEGMENTER, clean_fraction=0.0)
+    soft = dataclasses.replace(hard, edge_softness=6.0)
+    out = synthetic_anomalies(x, soft, torch.Generator().manual_seed(2))
+    changed = (out.images - x).abs() > CHANGE_EPS
+    assert torch.equal(out.target > 0, changed) and (out.target[~masks] == 0).all()
+    levels = [torch.unique(t[t > 0]).numel() for t in out.target]
+    assert min(levels) > 5  # faded edges: no patch keeps a single level
+    assert all(0 < float(t.max()) <= 1.0 for t in out.target)
+    with pytest.raises(ValueError, match="edge_softness must be >= 0"):
+        synthetic_anomalies(x, dataclasses.replace(SEGMENTER, edge_softness=-1.0))

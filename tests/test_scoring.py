@@ -55,6 +55,7 @@ def _config(**change: object) -> ScoreConfig:
         weight_ssim=0.0,
         weight_perceptual=0.0,
         weight_discriminator=0.0,
+        weight_asymmetry=0.0,
         batch_size=4,
     )
     return dataclasses.replace(base, **change)

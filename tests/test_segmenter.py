@@ -10,11 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.brains import DAE, SEGMENTER, SIZE, disc_brains, segmenter_config, split_arrays
+from helpers.brains import (
+    DAE,
+    SEGMENTER,
+    SIZE,
+    bundle_preprocess,
+    disc_brains,
+    segmenter_config,
+    split_arrays,
+)
 from helpers.toy_gan import toy_config
 from torch import nn
 
-from brainad.config import AugmentConfig, PerceptualConfig, PreprocessConfig
+from brainad.config import AugmentConfig, PerceptualConfig
 from brainad.models.dae import DenoisingAE
 from brainad.models.segmenter import Segmenter
 from brainad.scoring.bundle import ScorerBundle, load_scorer, make_detector, save_scorer
@@ -111,11 +119,7 @@ def test_make_detector_dispatches_on_the_registry_kind() -> None:
 
 def test_scorer_bundle_round_trip_scores_the_same(tmp_path: Path, trained) -> None:
     calibration = Calibration({"segmentation": 0.1}, {"segmentation": 0.05}, 1.0, "fixed", {})
-    preprocess = PreprocessConfig(
-        image_size=SIZE, skull_strip=True, crop_margin=0.05, erosion_px=3, min_coverage=0.08,
-        max_coverage=0.92, normalisation="percentile", percentiles=(1.0, 99.0),
-        max_pixels=40_000_000,
-    )  # fmt: skip
+    preprocess = bundle_preprocess()
     meta = {"study": "test", "model": "segmenter", "epoch": 8}
     bundle = ScorerBundle(trained[0], calibration, SCORE, preprocess, PERCEPTUAL, meta)
     save_scorer(tmp_path / "segmenter.pt", bundle)

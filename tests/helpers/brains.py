@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brainad.config import DAEConfig, SegmenterConfig
+from brainad.config import DAEConfig, PreprocessConfig, SegmenterConfig
 from brainad.data.arrays import SplitArrays
 
 SIZE = 32
@@ -21,6 +21,7 @@ SEGMENTER = SegmenterConfig(
     field_res=4,
     field_strength=0.5,
     regions=("rectangles",),
+    edge_softness=0.0,
 )
 
 
@@ -65,6 +66,15 @@ def split_arrays(
         fallback=np.zeros(n, bool),
         coverage=np.full(n, 0.5, np.float32),
     )
+
+
+def bundle_preprocess() -> PreprocessConfig:
+    """Preprocessing settings for a scorer bundle of a :data:`SIZE`-px model."""
+    return PreprocessConfig(
+        image_size=SIZE, skull_strip=True, crop_margin=0.05, erosion_px=3, min_coverage=0.08,
+        max_coverage=0.92, normalisation="percentile", percentiles=(1.0, 99.0),
+        max_pixels=40_000_000,
+    )  # fmt: skip
 
 
 def segmenter_config(**change) -> SegmenterConfig:

@@ -259,6 +259,8 @@ class SegmenterConfig:
         regions: shapes of the corrupted regions, one drawn per image: ``rectangles`` (a union
             of axis-aligned rectangles) and/or ``noise`` (a thresholded low-frequency random
             field: irregular blobs of any size, DRAEM-style).
+        edge_softness: largest Gaussian sigma (px of a 128-px slice) that softens a region's
+            edges before blending, drawn per batch from [0, edge_softness]; 0 = hard edges.
     """
 
     channels: tuple[int, ...]
@@ -267,6 +269,7 @@ class SegmenterConfig:
     field_res: int
     field_strength: float
     regions: tuple[str, ...]
+    edge_softness: float
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,8 @@ class ScoreConfig:
         weight_ssim: weight of the standardised SSIM-residual component.
         weight_perceptual: weight of the standardised perceptual-residual component.
         weight_discriminator: weight of the standardised discriminator component.
+        weight_asymmetry: weight of the standardised mirror-asymmetry component added to a
+            model's score (:mod:`brainad.scoring.combined`); 0 = the model alone.
         batch_size: images per scoring batch.
     """
 
@@ -304,6 +309,7 @@ class ScoreConfig:
     weight_ssim: float
     weight_perceptual: float
     weight_discriminator: float
+    weight_asymmetry: float
     batch_size: int
 
 

@@ -19,6 +19,12 @@ brain) for the segmenter, and each model's ``diagnostic_maps``: for VQGAN+D the 
 distance`` (distance of each encoder output to its nearest code), for the token prior
 ``token_nll`` and ``restoration`` (|VQGAN+D reconstruction − healed|).
 
+Each model's best variant (by the bake-off's merit, below) is also **combined with the mirror
+asymmetry** (:mod:`brainad.scoring.combined`): both scores standardised on the healthy
+validation scans and summed with the asymmetry weighted by each of :data:`ASYMMETRY_WEIGHTS`,
+exactly as ``score.weight_asymmetry`` makes the evaluate stage and the CLI score
+(:func:`~brainad.scoring.calibration.combine`). Such a row's map is still the model's.
+
 The trivial baselines (:func:`~brainad.scoring.baselines.default_baselines`, fitted on the
 healthy training scans) are measured on the same tracks, so the bar each model has to clear on
 validation stands in the same table.
@@ -50,8 +56,9 @@ from brainad.data.manifest import read_manifest
 from brainad.evaluation.tracks import LesionTrack, Strata, lesion_track, strata_of
 from brainad.models.checkpoint import load_model
 from brainad.runtime import deterministic_kernels, study_deterministic
-from brainad.scoring.baselines import default_baselines
+from brainad.scoring.baselines import MirrorAsymmetry, default_baselines
 from brainad.scoring.bundle import raw_detector
+from brainad.scoring.calibration import Calibration, combine, fit_standardiser
 from brainad.scoring.detector import pixel_maps, score_raw
 from brainad.scoring.gan import SELECTION_SCORE
 from brainad.scoring.maps import aggregate, smooth
@@ -62,6 +69,7 @@ log = logging.getLogger("brainad")
 SMOOTHING = (("none", 1), ("gaussian", 5), ("gaussian", 9), ("gaussian", 13), ("median", 5))
 AGGREGATES = (("mean", 1.0), ("topk", 1.0), ("topk", 5.0), ("max", 1.0))
 BATCH_SIZE = 32  # images per forward pass (the variants are computed on the whole split)
+ASYMMETRY_WEIGHTS = (0.5, 1.0, 2.0)  # score.weight_asymmetry values tried with each model
 
 
 class _Validation(NamedTuple):
@@ -89,9 +97,17 @@ def _row(data: _Validation, s_val: np.ndarray, s_les: np.ndarray, **about) -> di
     }
 
 
+class _Scored(NamedTuple):
+    """A variant's row and its scores (validation scans, lesioned copies)."""
+
+    row: dict
+    val: np.ndarray
+    lesioned: np.ndarray
+
+
 def _variant_rows(
     name: str, epoch: int, maps_val: dict, maps_les: dict, data: _Validation
-) -> list[dict]:
+) -> list[_Scored]:
     val, track = data.val, data.track
     brain_val = torch.from_numpy(val.brain_masks)
     brain_les = torch.from_numpy(track.brain_masks)
@@ -114,8 +130,38 @@ def _variant_rows(
                     "map": kind,
                     "smoothing": f"{smoothing} {px}px" if px > 1 else smoothing,
                     "aggregate": method if method != "topk" else f"top {k:g}%",
+                    "weight_asymmetry": 0.0,
                 }
-                rows.append({**_row(data, s_val, s_les, **about), "pixel_auroc": pixel})
+                row = {**_row(data, s_val, s_les, **about), "pixel_auroc": pixel}
+                rows.append(_Scored(row, s_val, s_les))
+    return rows
+
+
+def _asymmetry_scores(data: _Validation) -> _Scored:
+    """The mirror-asymmetry statistic of the validation scans and of the lesioned copies."""
+    mirror = MirrorAsymmetry()
+    s_val = score_raw(mirror, data.val.images, data.val.brain_masks).components["score"]
+    s_les = score_raw(mirror, data.track.lesions.images, data.track.brain_masks)
+    return _Scored({}, s_val, s_les.components["score"])
+
+
+def _combined_rows(data: _Validation, variants: list[_Scored], asymmetry: _Scored) -> list[dict]:
+    """The model's best variant (:func:`_merit`) plus the asymmetry at each weight of
+    :data:`ASYMMETRY_WEIGHTS`, standardised and summed as the detector's calibration does."""
+    best = max(variants, key=lambda v: _merit(v.row))
+    healthy = data.val.labels == 0
+    on_val = {"model": best.val, "asymmetry": asymmetry.val}
+    on_lesioned = {"model": best.lesioned, "asymmetry": asymmetry.lesioned}
+    means, stds = fit_standardiser({k: v[healthy] for k, v in on_val.items()})
+    calibration = Calibration(means, stds, float("nan"), "none")
+    rows = []
+    for weight in ASYMMETRY_WEIGHTS:
+        weights = {"model": 1.0, "asymmetry": weight}
+        s_val = combine(on_val, calibration, weights)
+        s_les = combine(on_lesioned, calibration, weights)
+        about = {k: best.row[k] for k in ("model", "kind", "epoch", "smoothing", "aggregate")}
+        about |= {"map": f"{best.row['map']} + asymmetry ×{weight:g}", "weight_asymmetry": weight}
+        rows.append({**_row(data, s_val, s_les, **about), "pixel_auroc": best.row["pixel_auroc"]})
     return rows
 
 
@@ -198,6 +244,7 @@ def run_ablation(
     data = _Validation(val, track, strata)
     rows = []
     with deterministic_kernels(study_deterministic(config)):  # pinned in deterministic mode
+        asymmetry = _asymmetry_scores(data)
         for name, path in models.items():
             model, payload = load_model(path, device=device)
             detector = raw_detector(name, model, device, diagnostics=True, batch_size=BATCH_SIZE)
@@ -211,7 +258,8 @@ def run_ablation(
                 time.perf_counter() - started,
             )
             epoch = int(payload.get("epoch", 0))
-            rows += _variant_rows(name, epoch, maps_val, maps_les, data)
+            variants = _variant_rows(name, epoch, maps_val, maps_les, data)
+            rows += [v.row for v in variants] + _combined_rows(data, variants, asymmetry)
         rows += _baseline_rows(config, load_arrays(arrays_dir / "train.npz"), data)
     document = {
         "study": config.name,

@@ -55,7 +55,12 @@ def _default_section(study: str, default: str | None, ablation: dict | None) -> 
     if winner is None:
         agreement = "the ablation has no bake-off record"
     elif winner == default:
-        agreement = f"it is the validation bake-off's winner ({record['criterion']})"
+        best = record["best_variant"][winner]
+        agreement = (
+            f"it is the validation bake-off's winner ({record['criterion']}), with the variant "
+            f"map {best['map']}, smoothing {best['smoothing']}, aggregate {best['aggregate']} "
+            "(the study's `score` section should say the same)"
+        )
     else:
         agreement = (
             f"**the validation bake-off now picks `{winner}`** ({record['criterion']}): "

@@ -18,6 +18,12 @@ either
 * a **smooth intensity field**: a low-frequency random field of both signs added to the slice;
   target ``|change| / field_strength`` (at most 1).
 
+With ``edge_softness`` > 0 the region's edges are softened before blending (one Gaussian
+sigma per batch, drawn from [0, ``edge_softness``] px of a 128-px slice): the corruption fades in
+over a few pixels, as a Poisson-blended patch does, and the target fades with it
+(``alpha × the softened region`` for a foreign patch). The region shapes stay rectangles or noise
+blobs.
+
 The target is 0 outside the brain and wherever the corruption did not change the pixel.
 """
 
@@ -39,6 +45,7 @@ PATCH_SHARE = 0.5  # of the corrupted images, the share given a foreign patch (e
 REGIONS = ("rectangles", "noise")
 NOISE_REGION_RES = (3, 8)  # grid side range of a noise region's field, relative to 64 px
 NOISE_REGION_LEVEL = (0.35, 0.75)  # the field (uniform in [-1, 1]) above this is the region
+SOFT_FLOOR = 0.01  # a softened region's pixels below this weight are left unchanged
 
 
 class Corrupted(NamedTuple):
@@ -121,6 +128,20 @@ def noise_region(batch: int, size: int, generator: torch.Generator | None, devic
     return field > level
 
 
+def soften(region: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, 1, S, S) float in [0, 1]: the bool ``region`` blurred by a separable Gaussian of
+    ``sigma`` px (``sigma`` <= 0.3: the region as 0/1)."""
+    soft = region.float()
+    if sigma <= 0.3:
+        return soft
+    radius = int(3 * sigma + 1)
+    t = torch.arange(-radius, radius + 1, device=region.device, dtype=torch.float32)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    soft = F.conv2d(soft, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    return F.conv2d(soft, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+
+
 def _regions(
     regions: tuple[str, ...], batch: int, size: int, generator: torch.Generator | None, device
 ) -> torch.Tensor:
@@ -152,7 +173,8 @@ def synthetic_anomalies(
     of a shape drawn from ``config.regions`` within the brain (see the module docstring).
 
     Raises:
-        ValueError: ``clean_fraction`` outside [0, 1] or ``field_strength`` not > 0.
+        ValueError: ``clean_fraction`` outside [0, 1], ``field_strength`` not > 0 or
+            ``edge_softness`` < 0.
     """
     if not 0.0 <= config.clean_fraction <= 1.0:
         raise ValueError(
@@ -160,6 +182,8 @@ def synthetic_anomalies(
         )
     if config.field_strength <= 0:
         raise ValueError(f"segmenter.model.field_strength must be > 0, got {config.field_strength}")
+    if config.edge_softness < 0:
+        raise ValueError(f"segmenter.model.edge_softness must be >= 0, got {config.edge_softness}")
     batch, size, device = len(x), x.shape[-1], x.device
     x = x.float()
     choice = _rand((batch, 2), generator, device)  # (corrupted?, patch or field?)
@@ -167,12 +191,18 @@ def synthetic_anomalies(
     amount = amount.view(-1, 1, 1, 1)
     region = _regions(tuple(config.regions), batch, size, generator, device) & brain_of(x)
     region &= (choice[:, 0] >= config.clean_fraction).view(-1, 1, 1, 1)
+    weight = region.float()  # how much of the corruption each pixel gets
+    if config.edge_softness > 0:  # (no extra random draw otherwise: hard-edged runs unchanged)
+        sigma = float(_rand((1,), generator, device).item()) * config.edge_softness * size / 128
+        weight = soften(region, sigma) * brain_of(x)
+        region = weight > SOFT_FLOOR
     patch = (choice[:, 1] < PATCH_SHARE).view(-1, 1, 1, 1)
     field = smooth_field(batch, config.field_res, size, generator, device, normal=False)
     blended = (1.0 - amount) * x + amount * x.roll(1, dims=0)  # another slice of the batch
     shifted = (x + amount * config.field_strength * field).clamp(-1.0, 1.0)
-    images = torch.where(region, torch.where(patch, blended, shifted), x)
+    content = torch.where(patch, blended, shifted)
+    images = torch.where(region, x + weight * (content - x), x)
     change = (images - x).abs()
-    level = torch.where(patch, amount, change / config.field_strength).clamp(max=1.0)
+    level = torch.where(patch, amount * weight, change / config.field_strength).clamp(max=1.0)
     target = torch.where(region & (change > CHANGE_EPS), level, torch.zeros_like(level))
     return Corrupted(images, target)

@@ -109,5 +109,7 @@ class Segmenter(nn.Module):
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Segmenter:
         """Rebuild from :meth:`spec` output; use :func:`brainad.models.registry.build_model`,
-        which checks the keys first."""
-        return cls(from_dict(SegmenterConfig, spec["config"], "spec.config"), spec["image_size"])
+        which checks the keys first. A checkpoint written before ``edge_softness`` existed was
+        trained with hard edges (0)."""
+        config = {"edge_softness": 0.0, **spec["config"]}
+        return cls(from_dict(SegmenterConfig, config, "spec.config"), spec["image_size"])

@@ -24,6 +24,8 @@ from brainad.models import registry
 from brainad.models.checkpoint import load_model, save_checkpoint
 from brainad.models.perceptual import build_perceptual
 from brainad.scoring.calibration import Calibration
+from brainad.scoring.combined import COMPONENT as ASYMMETRY
+from brainad.scoring.combined import WithAsymmetry
 from brainad.scoring.detector import Detector
 from brainad.scoring.gan import COMPONENTS, SELECTION_SCORE, GANDetector, active_components
 from brainad.scoring.segmenter import COMPONENTS as SEGMENTER_COMPONENTS
@@ -45,7 +47,22 @@ def make_detector(
     """The detector evaluation and the CLI share, by the registry's ``detector`` kind of the
     model ``name``: a :class:`GANDetector` (reconstruction) with only the components of non-zero
     weight, or a :class:`SegmenterDetector`. Evaluation and the CLI score in fp32; ``precision``
-    exists for the benchmark's bf16 rows."""
+    exists for the benchmark's bf16 rows. With ``score.weight_asymmetry`` > 0 the detector gains
+    the mirror-asymmetry component (:class:`~brainad.scoring.combined.WithAsymmetry`)."""
+    detector = _model_detector(name, model, score, perceptual, device, precision)
+    if score.weight_asymmetry:
+        return WithAsymmetry(detector, score.weight_asymmetry)
+    return detector
+
+
+def _model_detector(
+    name: str,
+    model: nn.Module,
+    score: ScoreConfig,
+    perceptual: PerceptualConfig,
+    device: torch.device,
+    precision: str,
+) -> Detector:
     if registry.entry(name).detector == "segmentation":
         return SegmenterDetector(name, model, score, device, precision=precision)
     if score.weight_discriminator and not getattr(model, "has_discriminator", True):
@@ -83,8 +100,9 @@ def raw_detector(
 
 def detector_components(name: str) -> tuple[str, ...]:
     """Every component a detector of the model ``name`` can compute (what a bundle's
-    calibration may hold)."""
-    return SEGMENTER_COMPONENTS if registry.entry(name).detector == "segmentation" else COMPONENTS
+    calibration may hold): its own, and the mirror-asymmetry combination's."""
+    own = SEGMENTER_COMPONENTS if registry.entry(name).detector == "segmentation" else COMPONENTS
+    return (*own, ASYMMETRY)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ SELECTION_SCORE = ScoreConfig(
     weight_ssim=0.0,
     weight_perceptual=0.0,
     weight_discriminator=0.0,
+    weight_asymmetry=0.0,
     batch_size=64,
 )
 """The fixed criterion of model selection during training (``val_recon``: mean absolute residual

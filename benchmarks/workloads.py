@@ -26,7 +26,7 @@ from benchmarks.measure import (
     render_phantoms,
     time_calls,
 )
-from brainad.config import FitConfig, ScoreConfig, StudyConfig
+from brainad.config import FitConfig, StudyConfig
 from brainad.models.registry import MODEL_NAMES, fit_config, new_model
 from brainad.scoring.bundle import ScorerBundle, make_detector, save_scorer
 from brainad.scoring.calibration import Calibration, identity_standardiser
@@ -147,9 +147,9 @@ def bench_all_training(
 
 
 # ----------------------------------------------------------------------------------- scoring
-def placeholder_calibration(score: ScoreConfig) -> Calibration:
-    """Mean 0, std 1 for every active component (an untrained model has no calibration)."""
-    means, stds = identity_standardiser(active_components(score))
+def placeholder_calibration(components: tuple[str, ...]) -> Calibration:
+    """Mean 0, std 1 for every component (an untrained model has no calibration)."""
+    means, stds = identity_standardiser(components)
     return Calibration(means, stds, 0.0, "fixed", {})
 
 
@@ -165,12 +165,12 @@ def bench_evaluate_path(
     returns the entry and the scores. The token prior is untrained: every block pass runs, no
     token is resampled (same cost)."""
     model = build_model(model_name, config, image_size)
-    calibration = placeholder_calibration(config.score)
 
     def evaluate(n: int) -> np.ndarray:
         detector = make_detector(
             model_name, model, config.score, config.perceptual, device, precision
         )
+        calibration = placeholder_calibration(tuple(detector.weights))
         return score_images(
             detector, calibration, data.images[:n], data.masks[:n], keep_maps=True
         ).score
@@ -246,7 +246,7 @@ def write_untrained_bundle(config: StudyConfig, image_size: int, path: Path) -> 
     preprocess = dataclasses.replace(config.preprocess, image_size=image_size)
     meta = {"study": config.name, "model": "vqgan", "epoch": 0, "note": "untrained: speed only"}
     model = build_model("vqgan", config, image_size)
-    calibration = placeholder_calibration(config.score)
+    calibration = placeholder_calibration(active_components(config.score))
     save_scorer(
         path, ScorerBundle(model, calibration, config.score, preprocess, config.perceptual, meta)
     )
@@ -290,11 +290,16 @@ def bench_cli_path(
 def bench_scoring(
     config: StudyConfig, sizes: Sizes, image_size: int, device: torch.device
 ) -> dict[str, Any]:
-    """Both scoring paths on ``device``."""
+    """Both scoring paths on ``device``: the evaluate path for the thesis' VQGAN+D, its token
+    prior and the study's default detector (``evaluate.default_model``, with the study's score
+    settings, e.g. its mirror-asymmetry combination), and the CLI path."""
     data = render_phantoms(sizes.score_images, image_size, seed=3)
     out: dict[str, Any] = {}
     reduced = "bf16" if choose_precision("auto", device).name in ("bf16", "fp16") else None
-    for model_name, key in (("vqgan", "evaluate"), ("vqgan_prior", "evaluate_prior")):
+    paths = [("vqgan", "evaluate"), ("vqgan_prior", "evaluate_prior")]
+    if config.evaluate.default_model not in ("vqgan", "vqgan_prior"):
+        paths.append((config.evaluate.default_model, "evaluate_default"))
+    for model_name, key in paths:
         out[key], reference = bench_evaluate_path(config, data, image_size, device, model_name)
         if reduced:  # the same images in bf16 autocast, with the agreement of their scores
             entry, scores = bench_evaluate_path(

@@ -31,7 +31,6 @@ from brainad.models.registry import MODEL_NAMES, fit_config, new_model
 from brainad.scoring.bundle import ScorerBundle, make_detector, save_scorer
 from brainad.scoring.calibration import Calibration, identity_standardiser
 from brainad.scoring.detector import score_images
-from brainad.scoring.gan import active_components
 from brainad.training.loop import choose_precision, step_runner
 from brainad.utils import write_bytes
 
@@ -170,7 +169,7 @@ def bench_evaluate_path(
         detector = make_detector(
             model_name, model, config.score, config.perceptual, device, precision
         )
-        calibration = placeholder_calibration(tuple(detector.weights))
+        calibration = placeholder_calibration(detector.components)
         return score_images(
             detector, calibration, data.images[:n], data.masks[:n], keep_maps=True
         ).score
@@ -246,7 +245,8 @@ def write_untrained_bundle(config: StudyConfig, image_size: int, path: Path) -> 
     preprocess = dataclasses.replace(config.preprocess, image_size=image_size)
     meta = {"study": config.name, "model": "vqgan", "epoch": 0, "note": "untrained: speed only"}
     model = build_model("vqgan", config, image_size)
-    calibration = placeholder_calibration(active_components(config.score))
+    detector = make_detector("vqgan", model, config.score, config.perceptual, torch.device("cpu"))
+    calibration = placeholder_calibration(detector.components)  # with the study's combination
     save_scorer(
         path, ScorerBundle(model, calibration, config.score, preprocess, config.perceptual, meta)
     )

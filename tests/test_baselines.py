@@ -23,8 +23,11 @@ SIZE = 32
 
 
 def _score(baseline: Baseline, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """A baseline's scores through the one detector engine (as evaluation computes them)."""
-    return score_raw(baseline, images, masks).components["score"]
+    """A baseline's scores through the one detector engine (as evaluation computes them); its
+    components are the ones it declares."""
+    components = score_raw(baseline, images, masks).components
+    assert tuple(components) == baseline.components == ("score",), baseline.name
+    return components["score"]
 
 
 def _brains(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers.brains import SIZE, bundle_preprocess, disc_brains, segmenter_config
 
+from brainad.cli.score import load_engine
 from brainad.config import PerceptualConfig, ThresholdConfig
 from brainad.models.segmenter import Segmenter
 from brainad.scoring.baselines import MirrorAsymmetry
@@ -69,7 +70,8 @@ def test_the_component_sees_a_one_sided_lesion_and_the_map_stays_the_models() ->
     plain = make_detector("segmenter", model, SCORE, PERCEPTUAL, CPU)
     clean_raw = score_raw(combined, images, masks, keep_maps=True)
     lesion_raw = score_raw(combined, lesioned, masks, keep_maps=True)
-    assert set(clean_raw.components) == {"segmentation", "asymmetry"}
+    assert combined.components == ("segmentation", "asymmetry")  # the protocol's declaration
+    assert tuple(clean_raw.components) == combined.components
     assert lesion_raw.components["asymmetry"].min() > 3 * clean_raw.components["asymmetry"].max()
     own = score_raw(plain, lesioned, masks, keep_maps=True)
     np.testing.assert_array_equal(own.maps, lesion_raw.maps)
@@ -105,3 +107,8 @@ def test_the_combined_score_is_the_calibrated_weighted_sum_and_survives_a_bundle
     loaded = load_scorer(tmp_path / "segmenter.pt")
     again = score_images(loaded.detector(CPU), loaded.calibration, images, masks)
     np.testing.assert_allclose(again.score, scored.score, rtol=1e-6)
+    # the CLI's engine (``brainad score``) loads the combined bundle, with both component columns
+    engine = load_engine(tmp_path / "segmenter.pt", CPU)
+    assert engine.components == ("segmentation", "asymmetry")
+    via_cli = engine.score(images, masks, False)
+    np.testing.assert_allclose(via_cli.score, scored.score, rtol=1e-6)

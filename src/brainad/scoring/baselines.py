@@ -55,6 +55,7 @@ class Baseline:
     name = ""
     kind = "baseline"
     batch_size: int | None = None
+    components: tuple[str, ...] = ("score",)
     weights = {"score": 1.0}
     standardise = False
 

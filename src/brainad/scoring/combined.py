@@ -46,6 +46,7 @@ class WithAsymmetry:
         self.inner = inner
         self.name = inner.name
         self.batch_size = inner.batch_size
+        self.components = (*inner.components, COMPONENT)
         self.weights = {**inner.weights, COMPONENT: float(weight)}
         self._mirror = MirrorAsymmetry()
 

@@ -72,6 +72,8 @@ class Detector(Protocol):
         name: the method's one name (metrics, files, reports).
         kind: ``model`` or ``baseline``.
         batch_size: images per :meth:`maps` call; None = all images at once.
+        components: the raw components :meth:`scores` returns, in order (the CLI's
+            ``component_*`` columns).
         weights: ``{component: weight}`` that :func:`combine` uses.
         standardise: whether components are standardised on healthy validation scans before
             they are weighed (False: the raw component is the score).
@@ -80,6 +82,7 @@ class Detector(Protocol):
     name: str
     kind: str
     batch_size: int | None
+    components: tuple[str, ...]
     weights: dict[str, float]
     standardise: bool
 

@@ -58,10 +58,13 @@ def test_ablation_measures_every_variant_of_the_new_models(tmp_path: Path) -> No
         assert r["map"] == f"{base} + asymmetry ×{r['weight_asymmetry']:g}"
         assert 0.0 <= r["lesion_auroc"] <= 1.0 and r["pixel_auroc"] is not None
     assert all(0.0 <= r["lesion_auroc"] <= 1.0 and 0.0 <= r["real_auroc"] <= 1.0 for r in rows)
-    assert (
-        "| segmenter (epoch 3) | model | segmentation |"
-        in (tmp_path / "out" / "validation.md").read_text()
-    )
+    text = (tmp_path / "out" / "validation.md").read_text()
+    assert "| segmenter (epoch 3) | model | segmentation |" in text
+    # how sure the ranking is: reported beside it, for each model's best variant
+    uncertainty = document["bake_off"]["uncertainty"]
+    assert uncertainty["winner"] == document["bake_off"]["winner"]
+    assert set(uncertainty["merit_ci"]) == {"dae", "segmenter"}
+    assert "| merit | merit CI |" in text and f"Lead of `{uncertainty['winner']}`" in text
 
 
 def test_bake_off_ranks_models_by_both_headline_tracks_against_the_best_baselines() -> None:
@@ -86,3 +89,63 @@ def test_bake_off_ranks_models_by_both_headline_tracks_against_the_best_baseline
     assert record["winner_beats_every_baseline"] is True
     rows[2]["matched_auroc"] = 0.79  # below the asymmetry bar on the matched track
     assert bake_off(rows)["winner_beats_every_baseline"] is False
+
+
+def _validation(labels: np.ndarray, copies: int, matched: np.ndarray | None = None):
+    """A validation split of these labels with ``copies`` lesioned copies per healthy scan."""
+    from brainad.evaluation.ablation import _Validation
+    from brainad.evaluation.tracks import LesionTrack, Strata
+
+    n = len(labels)
+    val = split_arrays(np.zeros((n, 1, 4, 4)), np.ones((n, 1, 4, 4)), labels)
+    clean_index = np.tile(np.flatnonzero(labels == 0), copies)
+    strata = None if matched is None else Strata(np.array(["axial/t1"] * n), matched)
+    return _Validation(val, LesionTrack(None, clean_index, None), strata)
+
+
+def _contender(data, val: np.ndarray, lesioned: np.ndarray):
+    """A best variant with these scores, its row measured as the ablation measures it."""
+    from brainad.evaluation.ablation import _row, _Scored
+
+    return _Scored(_row(data, val, lesioned, model="m"), val, lesioned)
+
+
+def test_merit_uncertainty_separates_a_clear_lead_from_a_tie() -> None:
+    from brainad.evaluation.ablation import lead_sentence, merit_uncertainty
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(30), np.ones(20)].astype(np.int8)
+    data = _validation(labels, copies=2)
+    perfect = _contender(data, labels.astype(float), np.full(60, 2.0))  # merit 1 in every draw
+    noise = _contender(data, rng.normal(size=50), rng.normal(size=60))
+    record = merit_uncertainty(data, {"noise": noise, "perfect": perfect}, resamples=200)
+    assert record["winner"] == "perfect" and record["runner_up"] == "noise"
+    assert record["merit_ci"]["perfect"] == [1.0, 1.0] and record["skipped"] == 0
+    low, high = record["merit_ci"]["noise"]  # chance, with the spread of 30 + 20 scans
+    assert low < (noise.row["lesion_auroc"] + noise.row["real_auroc"]) / 2 < high
+    assert 0.05 < high - low < 0.4 and 0.3 < low and high < 0.8
+    assert record["lead_ci"][0] > 0 and record["winner_leads"] == 1.0
+    assert "beyond validation noise" in lead_sentence(record)
+    # a copy of the same scores only ties: its lead is exactly 0 in every resample
+    record = merit_uncertainty(data, {"a": noise, "b": noise}, resamples=50)
+    assert record["lead"] == 0.0 and record["lead_ci"] == [0.0, 0.0]
+    assert record["winner_leads"] == 0.0 and "a tie" in lead_sentence(record)
+    # one contender: nothing to rank
+    assert merit_uncertainty(data, {"perfect": perfect}) is None
+
+
+def test_merit_uncertainty_uses_the_like_with_like_stratum_where_the_merit_does() -> None:
+    from brainad.evaluation.ablation import merit_uncertainty
+
+    labels = np.r_[np.zeros(20), np.ones(20)].astype(np.int8)
+    matched = np.r_[np.ones(10, bool), np.zeros(10, bool), np.ones(10, bool), np.zeros(10, bool)]
+    data = _validation(labels, copies=1, matched=matched)
+    # right inside the stratum, backwards outside it; every lesioned copy above every scan
+    val = np.where(matched, labels, 1 - labels).astype(float)
+    inside = _contender(data, val, np.full(20, 5.0))
+    assert inside.row["matched_auroc"] == 1.0 and inside.row["real_auroc"] == 0.5
+    outside = _contender(data, 1 - val, np.full(20, 5.0))
+    record = merit_uncertainty(data, {"inside": inside, "outside": outside}, resamples=100)
+    assert record["merit_ci"]["inside"] == [1.0, 1.0]
+    assert record["merit_ci"]["outside"] == [0.5, 0.5]
+    assert record["skipped"] == 0

@@ -32,7 +32,10 @@ validation stands in the same table.
 The **bake-off** (:func:`bake_off`) ranks the models: each model's best variant by the mean of
 its validation lesion ROC-AUC and its real-track ROC-AUC like with like (``matched``; the whole
 real track where the study has no matched stratum), beside the best baseline of each track. Its
-winner is what ``evaluate.default_model`` should name.
+winner is what ``evaluate.default_model`` should name. How sure the ranking is
+(:func:`merit_uncertainty`) is reported beside it, never used by it: each contender's merit is
+re-measured on bootstrap resamples of the validation scans, and the winner's lead over the
+runner-up gets a percentile interval and the share of resamples in which it holds.
 
 The ``ablate`` stage writes ``reports/<study>/ablation/validation.{json,md}``; the evaluate stage
 puts the table into ``summary.md``, so every variant tried is reported beside the chosen one.
@@ -70,6 +73,9 @@ SMOOTHING = (("none", 1), ("gaussian", 5), ("gaussian", 9), ("gaussian", 13), ("
 AGGREGATES = (("mean", 1.0), ("topk", 1.0), ("topk", 5.0), ("max", 1.0))
 BATCH_SIZE = 32  # images per forward pass (the variants are computed on the whole split)
 ASYMMETRY_WEIGHTS = (0.5, 1.0, 2.0)  # score.weight_asymmetry values tried with each model
+MERIT_RESAMPLES = 1000  # bootstrap resamples of the validation scans behind the bake-off's CIs
+MERIT_CI = 0.95
+MERIT_SEED = 0
 
 
 class _Validation(NamedTuple):
@@ -145,10 +151,15 @@ def _asymmetry_scores(data: _Validation) -> _Scored:
     return _Scored({}, s_val, s_les.components["score"])
 
 
-def _combined_rows(data: _Validation, variants: list[_Scored], asymmetry: _Scored) -> list[dict]:
+def _best(variants: list[_Scored]) -> _Scored:
+    """The variant of highest :func:`_merit` (the first of equals, as :func:`bake_off`)."""
+    return max(variants, key=lambda v: _merit(v.row))
+
+
+def _combined_rows(data: _Validation, variants: list[_Scored], asymmetry: _Scored) -> list[_Scored]:
     """The model's best variant (:func:`_merit`) plus the asymmetry at each weight of
     :data:`ASYMMETRY_WEIGHTS`, standardised and summed as the detector's calibration does."""
-    best = max(variants, key=lambda v: _merit(v.row))
+    best = _best(variants)
     healthy = data.val.labels == 0
     on_val = {"model": best.val, "asymmetry": asymmetry.val}
     on_lesioned = {"model": best.lesioned, "asymmetry": asymmetry.lesioned}
@@ -161,7 +172,8 @@ def _combined_rows(data: _Validation, variants: list[_Scored], asymmetry: _Score
         s_les = combine(on_lesioned, calibration, weights)
         about = {k: best.row[k] for k in ("model", "kind", "epoch", "smoothing", "aggregate")}
         about |= {"map": f"{best.row['map']} + asymmetry ×{weight:g}", "weight_asymmetry": weight}
-        rows.append({**_row(data, s_val, s_les, **about), "pixel_auroc": best.row["pixel_auroc"]})
+        row = {**_row(data, s_val, s_les, **about), "pixel_auroc": best.row["pixel_auroc"]}
+        rows.append(_Scored(row, s_val, s_les))
     return rows
 
 
@@ -190,6 +202,76 @@ def _merit(row: dict) -> float:
     real-track ROC-AUC (the whole real track where there is no matched stratum)."""
     real = row["matched_auroc"] if row.get("matched_auroc") is not None else row["real_auroc"]
     return (row["lesion_auroc"] + real) / 2
+
+
+def _uses_matched(data: _Validation) -> bool:
+    """Whether the merit's real-track term is like with like (as :func:`_row` decides)."""
+    if data.strata is None:
+        return False
+    return len(np.unique(data.val.labels[data.strata.matched])) == 2
+
+
+def merit_uncertainty(
+    data: _Validation,
+    contenders: dict[str, _Scored],
+    resamples: int = MERIT_RESAMPLES,
+    ci: float = MERIT_CI,
+    seed: int = MERIT_SEED,
+) -> dict | None:
+    """How sure the bake-off's ranking is: :func:`_merit` on bootstrap resamples of the
+    validation scans.
+
+    Each resample draws, with replacement, as many healthy scans from the healthy ones and as many
+    anomalous from the anomalous ones as validation has; a drawn healthy scan brings its lesioned
+    copies along (the lesion track is paired), and the real-track term uses the drawn scans of the
+    like-with-like stratum where :func:`_merit` does. Every contender (each model's best variant)
+    is measured on the same resamples, so their difference is paired. Resamples whose stratum
+    lacks a class are skipped and counted.
+
+    Returns ``None`` for fewer than two contenders, else the merit interval of each, the
+    runner-up, the winner's lead over it with its interval, and the share of resamples in which
+    the winner leads (the ranking itself stays the point estimate's, :func:`bake_off`).
+    """
+    if len(contenders) < 2:
+        return None
+    labels = data.val.labels
+    healthy, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    copies = [np.flatnonzero(data.track.clean_index == i) for i in range(len(labels))]
+    in_stratum = data.strata.matched if _uses_matched(data) else np.ones(len(labels), bool)
+    rng = np.random.default_rng(seed)
+    merits = {name: np.full(resamples, np.nan) for name in contenders}
+    for b in range(resamples):
+        drawn = np.r_[rng.choice(healthy, healthy.size), rng.choice(anomalous, anomalous.size)]
+        scans = drawn[in_stratum[drawn]]
+        lesioned = np.concatenate([copies[i] for i in drawn[: healthy.size]])
+        if len(np.unique(labels[scans])) < 2 or lesioned.size == 0:
+            continue
+        pairs = np.r_[np.zeros(lesioned.size), np.ones(lesioned.size)]
+        for name, s in contenders.items():
+            clean = s.val[data.track.clean_index[lesioned]]
+            lesion = metrics_lib.roc_auc(pairs, np.r_[clean, s.lesioned[lesioned]])
+            merits[name][b] = (lesion + metrics_lib.roc_auc(labels[scans], s.val[scans])) / 2
+    alpha = (1.0 - ci) / 2.0
+
+    def interval(values: np.ndarray) -> list[float]:
+        return [float(np.nanquantile(values, alpha)), float(np.nanquantile(values, 1 - alpha))]
+
+    ranked = sorted(contenders, key=lambda name: -_merit(contenders[name].row))
+    winner, runner_up = ranked[:2]
+    lead = merits[winner] - merits[runner_up]
+    valid = np.isfinite(lead)
+    return {
+        "resamples": resamples,
+        "skipped": int((~valid).sum()),
+        "ci": ci,
+        "seed": seed,
+        "merit_ci": {name: interval(values) for name, values in merits.items()},
+        "winner": winner,
+        "runner_up": runner_up,
+        "lead": _merit(contenders[winner].row) - _merit(contenders[runner_up].row),
+        "lead_ci": interval(lead),
+        "winner_leads": float(np.mean(lead[valid] > 0)),
+    }
 
 
 def bake_off(rows: list[dict]) -> dict:
@@ -243,6 +325,7 @@ def run_ablation(
         strata = strata_of(val, read_manifest(manifest), config.evaluate.matched)
     data = _Validation(val, track, strata)
     rows = []
+    contenders: dict[str, _Scored] = {}  # each model's best variant, for the ranking's CIs
     with deterministic_kernels(study_deterministic(config)):  # pinned in deterministic mode
         asymmetry = _asymmetry_scores(data)
         for name, path in models.items():
@@ -259,7 +342,9 @@ def run_ablation(
             )
             epoch = int(payload.get("epoch", 0))
             variants = _variant_rows(name, epoch, maps_val, maps_les, data)
-            rows += [v.row for v in variants] + _combined_rows(data, variants, asymmetry)
+            variants += _combined_rows(data, variants, asymmetry)
+            rows += [v.row for v in variants]
+            contenders[name] = _best(variants)
         rows += _baseline_rows(config, load_arrays(arrays_dir / "train.npz"), data)
     document = {
         "study": config.name,
@@ -274,6 +359,11 @@ def run_ablation(
         "bake_off": bake_off(rows),
         "rows": rows,
     }
+    uncertainty = merit_uncertainty(data, contenders)
+    if uncertainty is not None:
+        if uncertainty["winner"] != document["bake_off"]["winner"]:  # one ranking rule, twice
+            raise RuntimeError("merit_uncertainty and bake_off disagree on the winner")
+        document["bake_off"]["uncertainty"] = uncertainty
     write_json(out / "validation.json", document)
     write_text(out / "validation.md", markdown(document))
     return document
@@ -286,15 +376,18 @@ def _bake_off_lines(record: dict | None) -> list[str]:
         f"## Bake-off ({record['criterion']})",
         "",
         "| model | map | smoothing | aggregate | lesion ROC-AUC | real ROC-AUC | matched ROC-AUC "
-        "| merit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| merit | merit CI |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    uncertainty = record.get("uncertainty") or {}
     ranked = sorted(record["best_variant"].values(), key=lambda r: -r["merit"])
     for r in ranked:
+        low_high = uncertainty.get("merit_ci", {}).get(r["model"])
+        interval = f"[{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "–"
         lines.append(
             f"| {r['model']} | {r['map']} | {r['smoothing']} | {r['aggregate']} | "
             f"{_cell(r['lesion_auroc'])} | {_cell(r['real_auroc'])} | "
-            f"{_cell(r.get('matched_auroc'))} | {_cell(r['merit'])} |"
+            f"{_cell(r.get('matched_auroc'))} | {_cell(r['merit'])} | {interval} |"
         )
     bars = ", ".join(
         f"{track} {bar['baseline']} {bar['roc_auc']:.3f}" for track, bar in record["bars"].items()
@@ -304,11 +397,30 @@ def _bake_off_lines(record: dict | None) -> list[str]:
         "",
         f"Winner: **{record['winner']}**; it {verdict} the best baseline of each headline track "
         f"on validation (best baselines: {bars}).",
+        *(["", lead_sentence(uncertainty)] if uncertainty else []),
         "",
         "## Every variant",
         "",
     ]
     return lines
+
+
+def lead_sentence(uncertainty: dict) -> str:
+    """The winner's lead over the runner-up, with its bootstrap interval, in one sentence."""
+    low, high = uncertainty["lead_ci"]
+    verdict = (
+        "a tie within validation noise (the interval includes 0)"
+        if low <= 0.0 <= high
+        else "a lead beyond validation noise"
+    )
+    return (
+        f"Lead of `{uncertainty['winner']}` over `{uncertainty['runner_up']}`: "
+        f"{uncertainty['lead']:.3f} of merit, {uncertainty['ci'] * 100:g} % CI "
+        f"[{low:.3f}, {high:.3f}] "
+        f"over {uncertainty['resamples'] - uncertainty['skipped']} bootstrap resamples of the "
+        f"validation scans; the winner leads in {uncertainty['winner_leads']:.0%} of them: "
+        f"{verdict}. The interval is reported, not used: the winner is the point estimate's."
+    )
 
 
 def _cell(value: float, fmt: str = ".3f") -> str:

@@ -9,6 +9,7 @@ import json
 import numpy as np
 
 from brainad.config import MatchedConfig
+from brainad.evaluation.ablation import lead_sentence
 from brainad.evaluation.tracks import MethodResult
 
 # What the reproduced master's thesis reported (official Kaggle split, inverted score direction).
@@ -66,9 +67,11 @@ def _default_section(study: str, default: str | None, ablation: dict | None) -> 
             f"**the validation bake-off now picks `{winner}`** ({record['criterion']}): "
             "update `evaluate.default_model`"
         )
+    uncertainty = record.get("uncertainty")
     return [
         f"Default detector of this study: **`{default}`** (`evaluate.default_model`); {agreement}. "
         f"Score new scans with `brainad score --model models/{study}/scorers/{default}.pt`.",
+        *([lead_sentence(uncertainty)] if uncertainty else []),
         "",
     ]
 

@@ -58,6 +58,17 @@ def test_ablation_measures_every_variant_of_the_new_models(tmp_path: Path) -> No
         assert r["map"] == f"{base} + asymmetry ×{r['weight_asymmetry']:g}"
         assert 0.0 <= r["lesion_auroc"] <= 1.0 and r["pixel_auroc"] is not None
     assert all(0.0 <= r["lesion_auroc"] <= 1.0 and 0.0 <= r["real_auroc"] <= 1.0 for r in rows)
+    # each model row names the `score` section that runs it; a study set to it agrees
+    from brainad.evaluation.ablation import score_differences
+    from brainad.scoring.gan import SELECTION_SCORE
+
+    for r in models:
+        study = dataclasses.replace(SELECTION_SCORE, **r["score"])
+        assert r["score"]["weight_asymmetry"] == r["weight_asymmetry"]
+        assert score_differences(study, r) == []
+        assert score_differences(dataclasses.replace(study, aggregate="topk"), r) != [] or (
+            r["score"]["aggregate"] == "topk"
+        )
     text = (tmp_path / "out" / "validation.md").read_text()
     assert "| segmenter (epoch 3) | model | segmentation |" in text
     # how sure the ranking is: reported beside it, for each model's best variant
@@ -149,3 +160,25 @@ def test_merit_uncertainty_uses_the_like_with_like_stratum_where_the_merit_does(
     assert record["merit_ci"]["inside"] == [1.0, 1.0]
     assert record["merit_ci"]["outside"] == [0.5, 0.5]
     assert record["skipped"] == 0
+
+
+def test_score_differences_names_each_setting_the_study_does_not_run() -> None:
+    from brainad.evaluation.ablation import _score_fields, score_differences
+    from brainad.scoring.gan import SELECTION_SCORE
+
+    chosen = dataclasses.replace(
+        SELECTION_SCORE, smoothing="median", smoothing_px=5, weight_asymmetry=0.5
+    )
+    row = {"map": "residual + asymmetry ×0.5", "score": _score_fields(chosen)}
+    study = dataclasses.replace(chosen, batch_size=7, topk_percent=3.0)  # neither has effect
+    assert score_differences(study, row) == []
+    study = dataclasses.replace(study, aggregate="max", weight_asymmetry=0.0)
+    assert score_differences(study, row) == [
+        "`aggregate` is 'max', the variant's 'mean'",
+        "`weight_asymmetry` is 0.0, the variant's 0.5",
+    ]
+    unsmoothed = {"map": "residual", "score": _score_fields(SELECTION_SCORE)}
+    assert score_differences(dataclasses.replace(SELECTION_SCORE, smoothing_px=9), unsmoothed) == []
+    diagnostic = {**unsmoothed, "map": "quantisation distance"}
+    assert "diagnostic map" in score_differences(SELECTION_SCORE, diagnostic)[0]
+    assert "re-run the ablate stage" in score_differences(SELECTION_SCORE, {"map": "residual"})[0]

@@ -136,6 +136,8 @@ def test_pipeline_writes_every_report(micro_repo) -> None:
     ablation = json.loads((reports / "ablation" / "validation.json").read_text())
     assert ablation["bake_off"]["winner"] in {"vqgan", "vqgan_prior", "dcgan", "dae", "segmenter"}
     assert "lesion" in ablation["bake_off"]["bars"]  # matched too where val has both classes
+    if ablation["bake_off"]["winner"] == "vqgan":  # does the score section run its variant?
+        assert "the study's `score` section" in summary
     if len(ablation["bake_off"]["best_variant"]) > 1:  # how sure the ranking is, in the summary
         assert ablation["bake_off"]["uncertainty"]["winner"] == ablation["bake_off"]["winner"]
         assert f"Lead of `{ablation['bake_off']['winner']}`" in summary

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from brainad import metrics as metrics_lib
-from brainad.config import StudyConfig
+from brainad.config import ScoreConfig, StudyConfig
 from brainad.data.arrays import SplitArrays, load_arrays
 from brainad.data.manifest import read_manifest
 from brainad.evaluation.tracks import LesionTrack, Strata, lesion_track, strata_of
@@ -73,6 +73,7 @@ SMOOTHING = (("none", 1), ("gaussian", 5), ("gaussian", 9), ("gaussian", 13), ("
 AGGREGATES = (("mean", 1.0), ("topk", 1.0), ("topk", 5.0), ("max", 1.0))
 BATCH_SIZE = 32  # images per forward pass (the variants are computed on the whole split)
 ASYMMETRY_WEIGHTS = (0.5, 1.0, 2.0)  # score.weight_asymmetry values tried with each model
+SCORED_MAPS = ("residual", "segmentation")  # the maps a study's detector scores
 MERIT_RESAMPLES = 1000  # bootstrap resamples of the validation scans behind the bake-off's CIs
 MERIT_CI = 0.95
 MERIT_SEED = 0
@@ -129,6 +130,7 @@ def _variant_rows(
             for method, k in AGGREGATES:
                 s_val = aggregate(sm_val, brain_val, method, k).numpy()
                 s_les = aggregate(sm_les, brain_les, method, k).numpy()
+                variant = dataclasses.replace(score, aggregate=method, topk_percent=k)
                 about = {
                     "model": name,
                     "kind": "model",
@@ -137,6 +139,7 @@ def _variant_rows(
                     "smoothing": f"{smoothing} {px}px" if px > 1 else smoothing,
                     "aggregate": method if method != "topk" else f"top {k:g}%",
                     "weight_asymmetry": 0.0,
+                    "score": _score_fields(variant),
                 }
                 row = {**_row(data, s_val, s_les, **about), "pixel_auroc": pixel}
                 rows.append(_Scored(row, s_val, s_les))
@@ -172,9 +175,37 @@ def _combined_rows(data: _Validation, variants: list[_Scored], asymmetry: _Score
         s_les = combine(on_lesioned, calibration, weights)
         about = {k: best.row[k] for k in ("model", "kind", "epoch", "smoothing", "aggregate")}
         about |= {"map": f"{best.row['map']} + asymmetry ×{weight:g}", "weight_asymmetry": weight}
+        about["score"] = {**best.row["score"], "weight_asymmetry": weight}
         row = {**_row(data, s_val, s_les, **about), "pixel_auroc": best.row["pixel_auroc"]}
         rows.append(_Scored(row, s_val, s_les))
     return rows
+
+
+def _score_fields(score: ScoreConfig) -> dict:
+    """The ``score`` section that runs a variant (its batch size is no part of it)."""
+    return {k: v for k, v in dataclasses.asdict(score).items() if k != "batch_size"}
+
+
+def score_differences(score: ScoreConfig, variant: dict) -> list[str]:
+    """Where a study's ``score`` section differs from a bake-off ``variant`` (a row of
+    :func:`run_ablation`): ``[]`` when the study's detector runs exactly that variant. Settings
+    that have no effect (the width of no smoothing, the share of a non-top-k aggregate) are not
+    compared; a diagnostic map (:data:`SCORED_MAPS` are the scored ones) cannot be set at all."""
+    wanted = variant.get("score")
+    if wanted is None:
+        return ["the variant records no score settings: re-run the ablate stage"]
+    out = []
+    kind = variant["map"].split(" + ")[0]
+    if kind not in SCORED_MAPS:
+        out.append(f"map `{kind}` is a diagnostic map, which no `score` setting selects")
+    for key, value in wanted.items():
+        if key == "smoothing_px" and wanted["smoothing"] == "none":
+            continue
+        if key == "topk_percent" and wanted["aggregate"] != "topk":
+            continue
+        if getattr(score, key) != value:
+            out.append(f"`{key}` is {getattr(score, key)!r}, the variant's {value!r}")
+    return out
 
 
 def _baseline_rows(config: StudyConfig, train: SplitArrays, data: _Validation) -> list[dict]:

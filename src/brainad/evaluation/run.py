@@ -249,6 +249,7 @@ def run_evaluate(
                 ceiling=ceiling,
                 matched=config.evaluate.matched if strata is not None else None,
                 default_model=config.evaluate.default_model,
+                score=config.score,
             ),
         )
     log.info(

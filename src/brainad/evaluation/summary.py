@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 
-from brainad.config import MatchedConfig
-from brainad.evaluation.ablation import lead_sentence
+from brainad.config import MatchedConfig, ScoreConfig
+from brainad.evaluation.ablation import lead_sentence, score_differences
 from brainad.evaluation.tracks import MethodResult
 
 # What the reproduced master's thesis reported (official Kaggle split, inverted score direction).
@@ -47,8 +47,11 @@ def _fmt(metric: dict, key: str) -> str:
     return f"{value:.3f}"
 
 
-def _default_section(study: str, default: str | None, ablation: dict | None) -> list[str]:
-    """Which detector the study recommends and whether the validation bake-off agrees."""
+def _default_section(
+    study: str, default: str | None, ablation: dict | None, score: ScoreConfig | None
+) -> list[str]:
+    """Which detector the study recommends, whether the validation bake-off agrees, and whether
+    the study's ``score`` section runs the winning variant."""
     if default is None:
         return []
     record = (ablation or {}).get("bake_off") or {}
@@ -57,10 +60,19 @@ def _default_section(study: str, default: str | None, ablation: dict | None) -> 
         agreement = "the ablation has no bake-off record"
     elif winner == default:
         best = record["best_variant"][winner]
+        differences = None if score is None else score_differences(score, best)
+        if differences is None:
+            settings = ""
+        elif differences:
+            settings = "; **the study's `score` section does not run that variant**: " + "; ".join(
+                differences
+            )
+        else:
+            settings = "; the study's `score` section runs that variant"
         agreement = (
             f"it is the validation bake-off's winner ({record['criterion']}), with the variant "
-            f"map {best['map']}, smoothing {best['smoothing']}, aggregate {best['aggregate']} "
-            "(the study's `score` section should say the same)"
+            f"map {best['map']}, smoothing {best['smoothing']}, aggregate {best['aggregate']}"
+            f"{settings}"
         )
     else:
         agreement = (
@@ -196,6 +208,7 @@ def summary_markdown(
     ceiling: dict | None = None,
     matched: MatchedConfig | None = None,
     default_model: str | None = None,
+    score: ScoreConfig | None = None,
 ) -> str:
     """The human-readable summary: one table, both tracks, CIs, thresholds, the variants tried on
     validation (``ablation``, from the ablate stage), provenance."""
@@ -211,7 +224,7 @@ def summary_markdown(
             "flipped.**",
             "",
         ]
-    lines += _default_section(study, default_model, ablation)
+    lines += _default_section(study, default_model, ablation, score)
     lines += _matched_section(results, ceiling, matched)
     lines += [
         "## All methods, both tracks",

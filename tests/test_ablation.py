@@ -59,7 +59,7 @@ def test_ablation_measures_every_variant_of_the_new_models(tmp_path: Path) -> No
         assert 0.0 <= r["lesion_auroc"] <= 1.0 and r["pixel_auroc"] is not None
     assert all(0.0 <= r["lesion_auroc"] <= 1.0 and 0.0 <= r["real_auroc"] <= 1.0 for r in rows)
     # each model row names the `score` section that runs it; a study set to it agrees
-    from brainad.evaluation.ablation import score_differences
+    from brainad.evaluation.bakeoff import score_differences
     from brainad.scoring.gan import SELECTION_SCORE
 
     for r in models:
@@ -79,7 +79,7 @@ def test_ablation_measures_every_variant_of_the_new_models(tmp_path: Path) -> No
 
 
 def test_bake_off_ranks_models_by_both_headline_tracks_against_the_best_baselines() -> None:
-    from brainad.evaluation.ablation import bake_off
+    from brainad.evaluation.bakeoff import bake_off
 
     def row(model, kind, lesion, matched, real=0.5, **about):
         return {"model": model, "kind": kind, "map": "m", "smoothing": "s", "aggregate": "a",
@@ -114,22 +114,31 @@ def _validation(labels: np.ndarray, copies: int, matched: np.ndarray | None = No
     return _Validation(val, LesionTrack(None, clean_index, None), strata)
 
 
+def _arrays(data):
+    """What :func:`merit_uncertainty` reads of a validation split: labels, each lesioned copy's
+    clean twin, and the scans of the merit's real-track term (the matched stratum if any)."""
+    labels = data.val.labels
+    stratum = np.ones(len(labels), bool) if data.strata is None else data.strata.matched
+    return labels, data.track.clean_index, stratum
+
+
 def _contender(data, val: np.ndarray, lesioned: np.ndarray):
     """A best variant with these scores, its row measured as the ablation measures it."""
-    from brainad.evaluation.ablation import _row, _Scored
+    from brainad.evaluation.ablation import _row
+    from brainad.evaluation.bakeoff import Scored
 
-    return _Scored(_row(data, val, lesioned, model="m"), val, lesioned)
+    return Scored(_row(data, val, lesioned, model="m"), val, lesioned)
 
 
 def test_merit_uncertainty_separates_a_clear_lead_from_a_tie() -> None:
-    from brainad.evaluation.ablation import lead_sentence, merit_uncertainty
+    from brainad.evaluation.bakeoff import lead_sentence, merit_uncertainty
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.zeros(30), np.ones(20)].astype(np.int8)
     data = _validation(labels, copies=2)
     perfect = _contender(data, labels.astype(float), np.full(60, 2.0))  # merit 1 in every draw
     noise = _contender(data, rng.normal(size=50), rng.normal(size=60))
-    record = merit_uncertainty(data, {"noise": noise, "perfect": perfect}, resamples=200)
+    record = merit_uncertainty(*_arrays(data), {"noise": noise, "perfect": perfect}, resamples=200)
     assert record["winner"] == "perfect" and record["runner_up"] == "noise"
     assert record["merit_ci"]["perfect"] == [1.0, 1.0] and record["skipped"] == 0
     low, high = record["merit_ci"]["noise"]  # chance, with the spread of 30 + 20 scans
@@ -138,15 +147,15 @@ def test_merit_uncertainty_separates_a_clear_lead_from_a_tie() -> None:
     assert record["lead_ci"][0] > 0 and record["winner_leads"] == 1.0
     assert "beyond validation noise" in lead_sentence(record)
     # a copy of the same scores only ties: its lead is exactly 0 in every resample
-    record = merit_uncertainty(data, {"a": noise, "b": noise}, resamples=50)
+    record = merit_uncertainty(*_arrays(data), {"a": noise, "b": noise}, resamples=50)
     assert record["lead"] == 0.0 and record["lead_ci"] == [0.0, 0.0]
     assert record["winner_leads"] == 0.0 and "a tie" in lead_sentence(record)
     # one contender: nothing to rank
-    assert merit_uncertainty(data, {"perfect": perfect}) is None
+    assert merit_uncertainty(*_arrays(data), {"perfect": perfect}) is None
 
 
 def test_merit_uncertainty_uses_the_like_with_like_stratum_where_the_merit_does() -> None:
-    from brainad.evaluation.ablation import merit_uncertainty
+    from brainad.evaluation.bakeoff import merit_uncertainty
 
     labels = np.r_[np.zeros(20), np.ones(20)].astype(np.int8)
     matched = np.r_[np.ones(10, bool), np.zeros(10, bool), np.ones(10, bool), np.zeros(10, bool)]
@@ -156,20 +165,22 @@ def test_merit_uncertainty_uses_the_like_with_like_stratum_where_the_merit_does(
     inside = _contender(data, val, np.full(20, 5.0))
     assert inside.row["matched_auroc"] == 1.0 and inside.row["real_auroc"] == 0.5
     outside = _contender(data, 1 - val, np.full(20, 5.0))
-    record = merit_uncertainty(data, {"inside": inside, "outside": outside}, resamples=100)
+    record = merit_uncertainty(
+        *_arrays(data), {"inside": inside, "outside": outside}, resamples=100
+    )
     assert record["merit_ci"]["inside"] == [1.0, 1.0]
     assert record["merit_ci"]["outside"] == [0.5, 0.5]
     assert record["skipped"] == 0
 
 
 def test_score_differences_names_each_setting_the_study_does_not_run() -> None:
-    from brainad.evaluation.ablation import _score_fields, score_differences
+    from brainad.evaluation.bakeoff import score_differences, score_fields
     from brainad.scoring.gan import SELECTION_SCORE
 
     chosen = dataclasses.replace(
         SELECTION_SCORE, smoothing="median", smoothing_px=5, weight_asymmetry=0.5
     )
-    row = {"map": "residual + asymmetry ×0.5", "score": _score_fields(chosen)}
+    row = {"map": "residual + asymmetry ×0.5", "score": score_fields(chosen)}
     study = dataclasses.replace(chosen, batch_size=7, topk_percent=3.0)  # neither has effect
     assert score_differences(study, row) == []
     study = dataclasses.replace(study, aggregate="max", weight_asymmetry=0.0)
@@ -177,7 +188,7 @@ def test_score_differences_names_each_setting_the_study_does_not_run() -> None:
         "`aggregate` is 'max', the variant's 'mean'",
         "`weight_asymmetry` is 0.0, the variant's 0.5",
     ]
-    unsmoothed = {"map": "residual", "score": _score_fields(SELECTION_SCORE)}
+    unsmoothed = {"map": "residual", "score": score_fields(SELECTION_SCORE)}
     assert score_differences(dataclasses.replace(SELECTION_SCORE, smoothing_px=9), unsmoothed) == []
     diagnostic = {**unsmoothed, "map": "quantisation distance"}
     assert "diagnostic map" in score_differences(SELECTION_SCORE, diagnostic)[0]

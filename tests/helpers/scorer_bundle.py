@@ -17,9 +17,8 @@ import torch
 from brainad.config import load_study
 from brainad.data.phantom import CONTRASTS, render_slice
 from brainad.models.vqgan import VQGAN
-from brainad.scoring.bundle import ScorerBundle, save_scorer
+from brainad.scoring.bundle import ScorerBundle, make_detector, save_scorer
 from brainad.scoring.calibration import Calibration
-from brainad.scoring.gan import active_components
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 32
@@ -58,7 +57,8 @@ def write_bundle(
     )
     torch.manual_seed(seed)
     model = VQGAN(config.vqgan.model, config.perceptual, IMAGE_SIZE)
-    names = active_components(config.score)
+    detector = make_detector("vqgan", model, config.score, config.perceptual, torch.device("cpu"))
+    names = detector.components  # the study's combination (e.g. + mirror asymmetry) included
     calibration = Calibration(
         {c: 0.0 for c in names}, {c: 1.0 for c in names}, threshold, "fixed", {}
     )

@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 from brainad.config import MatchedConfig, ScoreConfig
-from brainad.evaluation.ablation import lead_sentence, score_differences
+from brainad.evaluation.bakeoff import default_section
 from brainad.evaluation.tracks import MethodResult
 
 # What the reproduced master's thesis reported (official Kaggle split, inverted score direction).
@@ -45,47 +45,6 @@ def _fmt(metric: dict, key: str) -> str:
     if ci:
         return f"{value:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
     return f"{value:.3f}"
-
-
-def _default_section(
-    study: str, default: str | None, ablation: dict | None, score: ScoreConfig | None
-) -> list[str]:
-    """Which detector the study recommends, whether the validation bake-off agrees, and whether
-    the study's ``score`` section runs the winning variant."""
-    if default is None:
-        return []
-    record = (ablation or {}).get("bake_off") or {}
-    winner = record.get("winner")
-    if winner is None:
-        agreement = "the ablation has no bake-off record"
-    elif winner == default:
-        best = record["best_variant"][winner]
-        differences = None if score is None else score_differences(score, best)
-        if differences is None:
-            settings = ""
-        elif differences:
-            settings = "; **the study's `score` section does not run that variant**: " + "; ".join(
-                differences
-            )
-        else:
-            settings = "; the study's `score` section runs that variant"
-        agreement = (
-            f"it is the validation bake-off's winner ({record['criterion']}), with the variant "
-            f"map {best['map']}, smoothing {best['smoothing']}, aggregate {best['aggregate']}"
-            f"{settings}"
-        )
-    else:
-        agreement = (
-            f"**the validation bake-off now picks `{winner}`** ({record['criterion']}): "
-            "update `evaluate.default_model`"
-        )
-    uncertainty = record.get("uncertainty")
-    return [
-        f"Default detector of this study: **`{default}`** (`evaluate.default_model`); {agreement}. "
-        f"Score new scans with `brainad score --model models/{study}/scorers/{default}.pt`.",
-        *([lead_sentence(uncertainty)] if uncertainty else []),
-        "",
-    ]
 
 
 def _matched_section(
@@ -224,7 +183,7 @@ def summary_markdown(
             "flipped.**",
             "",
         ]
-    lines += _default_section(study, default_model, ablation, score)
+    lines += default_section(study, default_model, ablation, score)
     lines += _matched_section(results, ceiling, matched)
     lines += [
         "## All methods, both tracks",

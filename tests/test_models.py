@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from brainad.config import DCGANConfig, PerceptualConfig, VQGANConfig
+from brainad.config import DCGANConfig, InputNoiseConfig, PerceptualConfig, VQGANConfig
 from brainad.models.dcgan import DCGAN
 from brainad.models.protocol import GANModule
 from brainad.models.registry import MODEL_NAMES, build_model
 from brainad.models.vqgan import VQGAN, adversarial_weight
+from brainad.models.vqgan_denoise import DenoisingVQGAN
 
 SIZE = 32
 
@@ -37,12 +38,14 @@ VQ_CONFIG = VQGANConfig(
 )
 PERCEPTUAL = PerceptualConfig(kind="fixed", channels=4, scales=2, seed=0, vgg16_weights="")
 DC_CONFIG = DCGANConfig(latent_dim=8, channels=4, encoder_kappa=1.0, latent_steps=0, latent_lr=0.05)
-GAN_MODELS = ("vqgan", "dcgan")
+NOISE = InputNoiseConfig(noise_res=4, noise_std=0.2)
+GAN_MODELS = ("vqgan", "dcgan", "vqgan_denoise")
 
 
 def test_gan_models_are_the_registered_models_with_a_discriminator() -> None:
     """The other registered models have none: the token prior (test_prior.py), the denoising
-    autoencoder (test_dae.py) and the segmenter (test_segmenter.py)."""
+    autoencoder (test_dae.py) and the segmenter (test_segmenter.py). The VQGAN+D on corrupted
+    inputs has the VQGAN+D's."""
     assert set(MODEL_NAMES) == {*GAN_MODELS, "vqgan_prior", "dae", "segmenter"}
 
 
@@ -52,6 +55,8 @@ def make(name: str, seed: int = 0) -> nn.Module:
         return VQGAN(VQ_CONFIG, PERCEPTUAL, SIZE)
     if name == "dcgan":
         return DCGAN(DC_CONFIG, SIZE)
+    if name == "vqgan_denoise":
+        return DenoisingVQGAN(VQ_CONFIG, NOISE, PERCEPTUAL, SIZE)
     raise ValueError(f"no test model for {name!r}")
 
 
@@ -214,6 +219,48 @@ def test_vqgan_rejects_bad_image_size() -> None:
 
 
 # ------------------------------------------------------------------------------- DCGAN extras
+def test_vqgan_denoise_encodes_a_corrupted_copy_in_training_only(images: torch.Tensor) -> None:
+    """In training the encoder sees the slice plus coarse noise inside the brain (the losses
+    compare with the clean slice); in evaluation, and for scoring, it sees the slice itself."""
+    model = make("vqgan_denoise").train()
+    seen: list[torch.Tensor] = []
+    model.generator["encoder"].register_forward_hook(lambda _m, i, _o: seen.append(i[0]))
+    torch.manual_seed(3)
+    model.generator_step(images, epoch=0)
+    change = seen[-1] - images
+    brain = images > -1.0 + 1e-3
+    assert change[brain].abs().mean() > 0.05 and torch.all(change[~brain] == 0)
+    model.eval()
+    model.generator_step(images, epoch=0)
+    model.reconstruct(images)
+    assert torch.equal(seen[-2], images) and torch.equal(seen[-1], images)
+
+
+def test_vqgan_denoise_without_noise_trains_as_the_vqgan(images: torch.Tensor) -> None:
+    """With noise_std 0 the corrupted-input model's step is the thesis VQGAN+D's, to the bit
+    (one step: drawing the zero noise still consumes random numbers that later steps would use)."""
+    silent = dataclasses.replace(NOISE, noise_std=0.0)
+    torch.manual_seed(0)
+    quiet = DenoisingVQGAN(VQ_CONFIG, silent, PERCEPTUAL, SIZE)
+    noisy = make("vqgan_denoise")
+    thesis = _train_steps(make("vqgan"), images, steps=1)
+    assert _train_steps(quiet, images, steps=1) == thesis
+    assert _train_steps(noisy, images, steps=1) != thesis
+
+
+@pytest.mark.parametrize(
+    ("noise", "match"),
+    [
+        (InputNoiseConfig(noise_res=0, noise_std=0.2), "noise_res"),
+        (InputNoiseConfig(noise_res=64, noise_std=0.2), "noise_res"),
+        (InputNoiseConfig(noise_res=4, noise_std=-0.1), "noise_std"),
+    ],
+)
+def test_vqgan_denoise_rejects_bad_noise(noise: InputNoiseConfig, match: str) -> None:
+    with pytest.raises(ValueError, match=f"vqgan_denoise.noise.{match}"):
+        DenoisingVQGAN(VQ_CONFIG, noise, PERCEPTUAL, SIZE)
+
+
 def test_dcgan_encoder_phase_trains_only_the_encoder(images: torch.Tensor) -> None:
     model = make("dcgan")
     model.set_phase("encoder")

@@ -174,6 +174,31 @@ class VQGANStudyConfig:
 
 
 @dataclass(frozen=True)
+class InputNoiseConfig:
+    """The ``vqgan_denoise.noise`` section: the coarse noise added to the training inputs of the
+    VQGAN+D on corrupted inputs (:func:`brainad.models.corruptions.coarse_noise`, as the dae's).
+
+    Args:
+        noise_res: side of the grid the Gaussian noise is drawn on before it is bilinearly
+            upsampled to the image (16 at 128 px: 8-px noise cells).
+        noise_std: standard deviation of the noise on the [-1, 1] intensity scale.
+    """
+
+    noise_res: int
+    noise_std: float
+
+
+@dataclass(frozen=True)
+class DenoisingVQGANStudyConfig:
+    """The ``vqgan_denoise`` section: a VQGAN+D (its own ``model`` settings) trained to
+    reconstruct each healthy slice from a coarse-noise corrupted copy, and its training settings."""
+
+    model: VQGANConfig
+    noise: InputNoiseConfig
+    fit: FitConfig
+
+
+@dataclass(frozen=True)
 class DCGANStudyConfig:
     """The ``dcgan`` section: model, GAN training and encoder training settings."""
 
@@ -411,6 +436,7 @@ class StudyConfig:
     vqgan_prior: PriorStudyConfig
     dae: DAEStudyConfig
     segmenter: SegmenterStudyConfig
+    vqgan_denoise: DenoisingVQGANStudyConfig
     score: ScoreConfig
     threshold: ThresholdConfig
     evaluate: EvaluateConfig

@@ -20,6 +20,7 @@ from brainad.models.dcgan import DCGAN
 from brainad.models.prior import VQGANPrior
 from brainad.models.segmenter import Segmenter
 from brainad.models.vqgan import VQGAN
+from brainad.models.vqgan_denoise import DenoisingVQGAN
 
 DetectorKind = Literal["reconstruction", "segmentation"]
 
@@ -53,6 +54,7 @@ REGISTRY: dict[str, ModelEntry] = {
     "dcgan": ModelEntry("dcgan", DCGAN, ("gan", "encoder")),
     "dae": ModelEntry("dae", DenoisingAE, ("main",)),
     "segmenter": ModelEntry("segmenter", Segmenter, ("main",), detector="segmentation"),
+    "vqgan_denoise": ModelEntry("vqgan_denoise", DenoisingVQGAN, ("main",)),
 }
 """In the order evaluation reports them (metrics, ``scores.csv``, figures)."""
 MODEL_NAMES = tuple(REGISTRY)
@@ -82,10 +84,13 @@ def new_model(
 ) -> nn.Module:
     """A freshly initialised model from the study's params (``base``: the trained model it is
     built on, for entries with a ``base``; an untrained one is made if None). Every model without
-    a base except VQGAN+D is built as ``cls(config.<name>.model, image_size)``."""
+    a base except the two VQGAN+Ds is built as ``cls(config.<name>.model, image_size)``."""
     cls = model_class(name)
     if name == "vqgan":
         return cls(config.vqgan.model, config.perceptual, image_size)
+    if name == "vqgan_denoise":
+        section = config.vqgan_denoise
+        return cls(section.model, section.noise, config.perceptual, image_size)
     if entry(name).base is None:
         return cls(getattr(config, name).model, image_size)
     if base is None:

@@ -147,8 +147,13 @@ class VQGAN(nn.Module):
     def networks(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "discriminator": self.discriminator}
 
+    def model_input(self, real: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees in training: the healthy slice itself (a subclass may corrupt
+        it; the losses always compare the reconstruction with ``real``)."""
+        return real
+
     def generator_step(self, real: torch.Tensor, epoch: int) -> StepOutput:
-        z = self.generator["encoder"](real)  # (B, embedding_dim, h, w)
+        z = self.generator["encoder"](self.model_input(real))  # (B, embedding_dim, h, w)
         quant = self.generator["quantizer"](z)
         recon = self.generator["decoder"](quant.quantized)  # (B, 1, S, S)
         l1 = F.l1_loss(recon.float(), real.float())

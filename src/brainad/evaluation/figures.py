@@ -154,7 +154,8 @@ def plot_heatmaps(path: Path, test: SplitArrays, res: MethodResult, n: int = 3) 
 def plot_lesion_pairs(
     path: Path, test: SplitArrays, track: LesionTrack, res: MethodResult, n: int = 4
 ) -> None:
-    """Paired track examples: clean scan, lesioned copy, true mask, residual maps and both scores."""
+    """Paired track examples: clean scan, lesioned copy, true mask, both anomaly maps (one colour
+    scale per row, so the lesion's effect on the map is visible) and both scores."""
     fig, axes = plt.subplots(n, 5, figsize=(8.5, 1.8 * n), squeeze=False)
     lesions = track.lesions
     count = min(n, len(track.clean_index))
@@ -164,11 +165,15 @@ def plot_lesion_pairs(
         _img(axes[row, 0], test.images[i], f"clean {clean:.2f}", vmin=-1, vmax=1)
         _img(axes[row, 1], lesions.images[row], f"lesioned {lesioned:.2f}", vmin=-1, vmax=1)
         _img(axes[row, 2], lesions.masks[row], "true mask")
-        _img(axes[row, 3], res.test.maps[i], "residual clean", cmap="inferno")
-        _img(axes[row, 4], res.lesion.maps[row], "residual lesioned", cmap="inferno")
+        maps = [np.asarray(m, np.float32) for m in (res.test.maps[i], res.lesion.maps[row])]
+        scale = {"vmin": min(m.min() for m in maps), "vmax": max(m.max() for m in maps)}
+        _img(axes[row, 3], maps[0], "map, clean", cmap="inferno", **scale)
+        _img(axes[row, 4], maps[1], "map, lesioned", cmap="inferno", **scale)
     for ax in axes[count:].flat:
         ax.axis("off")
-    fig.suptitle(f"{res.name}: paired implanted lesions")
+    fig.suptitle(
+        f"{res.name}: paired implanted lesions (both maps of a row share one colour scale)"
+    )
     _save(fig, path)
 
 

@@ -44,9 +44,9 @@ GAN_MODELS = ("vqgan", "dcgan", "vqgan_denoise")
 
 def test_gan_models_are_the_registered_models_with_a_discriminator() -> None:
     """The other registered models have none: the token prior (test_prior.py), the denoising
-    autoencoder (test_dae.py) and the segmenter (test_segmenter.py). The VQGAN+D on corrupted
-    inputs has the VQGAN+D's."""
-    assert set(MODEL_NAMES) == {*GAN_MODELS, "vqgan_prior", "dae", "segmenter"}
+    autoencoder (test_dae.py), the inpainter (test_inpainter.py) and the segmenter
+    (test_segmenter.py). The VQGAN+D on corrupted inputs has the VQGAN+D's."""
+    assert set(MODEL_NAMES) == {*GAN_MODELS, "vqgan_prior", "dae", "inpainter", "segmenter"}
 
 
 def make(name: str, seed: int = 0) -> nn.Module:

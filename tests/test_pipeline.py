@@ -60,6 +60,7 @@ MICRO = {
     },
     "dae": {"model": {"channels": [8, 16], "noise_res": 4}, "fit": MICRO_FIT},
     "segmenter": {"model": {"channels": [8, 16]}, "fit": MICRO_FIT},
+    "inpainter": {"model": {"channels": [8, 16], "cell": 4}, "fit": MICRO_FIT},
     "vqgan_denoise": {
         "model": {
             "channels": 8,

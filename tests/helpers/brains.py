@@ -1,5 +1,5 @@
 """Tiny synthetic 'brains' for the UNet models' tests (32 px, CPU): a textured disc on a -1
-background, micro configs of the denoising autoencoder and the segmenter, and split arrays."""
+background, micro configs of the denoising autoencoder, the inpainter and the segmenter, and split arrays."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brainad.config import DAEConfig, PreprocessConfig, SegmenterConfig
+from brainad.config import DAEConfig, InpainterConfig, PreprocessConfig, SegmenterConfig
 from brainad.data.arrays import SplitArrays
 
 SIZE = 32
 DAE = DAEConfig(channels=(8, 16, 32), noise_res=4, noise_std=0.2, loss="l1")
+INPAINTER = InpainterConfig(channels=(8, 16, 32), cell=4, mirror_channel=True, loss="l1")
 SEGMENTER = SegmenterConfig(
     channels=(8, 16, 32),
     mirror_channel=True,

@@ -6,23 +6,21 @@
 * ``studies`` — one entry per study; each section there overrides only the keys it names.
 
 :func:`load_study` deep-merges the two and builds frozen dataclasses (:mod:`.sections`, one per
-params section, fields named as the keys); :mod:`.loader` reads and checks. An unknown key, a
+params section, fields named as the keys, with the training loop's in :mod:`.fit` and the UNet
+models' in :mod:`.unets`); :mod:`.loader` reads and checks. An unknown key, a
 missing key or a value of the wrong type raises :class:`ConfigError` naming the full key path, so
 a typo in ``params.yaml`` never turns silently into a default.
 """
 
+from brainad.config.fit import AugmentConfig, FitConfig
 from brainad.config.loader import from_dict, load_study, read_params, study_names, to_dict
 from brainad.config.sections import (
-    AugmentConfig,
     ConfigError,
-    DAEConfig,
-    DAEStudyConfig,
     DCGANConfig,
     DCGANStudyConfig,
     DenoisingVQGANStudyConfig,
     EvaluateConfig,
     FilterConfig,
-    FitConfig,
     InputNoiseConfig,
     LesionConfig,
     MatchedConfig,
@@ -32,8 +30,6 @@ from brainad.config.sections import (
     PriorConfig,
     PriorStudyConfig,
     ScoreConfig,
-    SegmenterConfig,
-    SegmenterStudyConfig,
     SourceConfig,
     SplitConfig,
     StudyConfig,
@@ -41,6 +37,14 @@ from brainad.config.sections import (
     VolumeConfig,
     VQGANConfig,
     VQGANStudyConfig,
+)
+from brainad.config.unets import (
+    DAEConfig,
+    DAEStudyConfig,
+    InpainterConfig,
+    InpainterStudyConfig,
+    SegmenterConfig,
+    SegmenterStudyConfig,
 )
 
 __all__ = [
@@ -54,6 +58,8 @@ __all__ = [
     "EvaluateConfig",
     "FilterConfig",
     "FitConfig",
+    "InpainterConfig",
+    "InpainterStudyConfig",
     "InputNoiseConfig",
     "LesionConfig",
     "MatchedConfig",

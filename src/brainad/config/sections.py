@@ -23,19 +23,16 @@ from brainad.config.data import (  # the data stages' sections, part of every st
     SplitConfig,
     VolumeConfig,
 )
+from brainad.config.fit import FitConfig  # the training loop's sections
+from brainad.config.unets import (  # the UNet models' sections
+    DAEStudyConfig,
+    InpainterStudyConfig,
+    SegmenterStudyConfig,
+)
 
 
 class ConfigError(ValueError):
     """A ``params.yaml`` problem; the message names the key and what to do."""
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training-only augmentations (applied on the fly to tensors)."""
-
-    flip: bool
-    rotate_deg: float
-    contrast: float
 
 
 # ------------------------------------------------------------------------------------- models
@@ -120,52 +117,6 @@ class DCGANConfig:
 
 
 @dataclass(frozen=True)
-class FitConfig:
-    """The one training loop's settings (shared by every model).
-
-    Args:
-        epochs: training epochs.
-        batch_size: images per step (per process under DDP).
-        lr: Adam learning rate for every network.
-        beta1: Adam beta1.
-        beta2: Adam beta2.
-        precision: ``auto`` (bf16 autocast where supported), ``fp32``, ``bf16`` or ``fp16``.
-        channels_last: use the channels-last memory format.
-        compile: wrap networks with ``torch.compile``.
-        checkpoint_every: epochs between resumable checkpoints (always also at the last epoch).
-        sample_every: epochs between sample-reconstruction grids.
-        extra_sample_epochs: epochs that additionally get a grid (the study's epoch 500).
-        select_metric: validation criterion for the best model: ``val_recon`` (mean residual of
-            healthy validation scans, lower is better), ``val_auroc`` (anomalous vs healthy
-            validation scans), ``val_nll`` (token prior: mean token NLL of healthy validation
-            scans, lower is better) or ``val_seg`` (segmenter: its loss on a fixed-seed
-            corrupted copy of the healthy validation scans, lower is better).
-        divergence_factor: stop when the generator loss exceeds this multiple of its first-epoch
-            value (NaN/inf always stops).
-        seed: seed for weights, batches and augmentation.
-        deterministic: force deterministic algorithms (CPU runs are then bit-reproducible).
-        augment: training-only augmentations.
-    """
-
-    epochs: int
-    batch_size: int
-    lr: float
-    beta1: float
-    beta2: float
-    precision: Literal["auto", "fp32", "bf16", "fp16"]
-    channels_last: bool
-    compile: bool
-    checkpoint_every: int
-    sample_every: int
-    extra_sample_epochs: tuple[int, ...]
-    select_metric: Literal["val_auroc", "val_recon", "val_nll", "val_seg"]
-    divergence_factor: float
-    seed: int
-    deterministic: bool
-    augment: AugmentConfig
-
-
-@dataclass(frozen=True)
 class VQGANStudyConfig:
     """The ``vqgan`` section: model plus its training settings."""
 
@@ -242,70 +193,6 @@ class PriorStudyConfig:
     fit: FitConfig
 
 
-@dataclass(frozen=True)
-class DAEConfig:
-    """The ``dae.model`` section: a UNet trained to remove coarse noise (Kascenas et al. 2022).
-
-    Args:
-        channels: UNet widths per level, full resolution first (:class:`brainad.models.unet.UNet`).
-        noise_res: side of the grid the Gaussian training noise is drawn on before it is
-            bilinearly upsampled to the image (16 at 128 px: 8-px noise cells).
-        noise_std: standard deviation of the noise on the [-1, 1] intensity scale.
-        loss: ``l1`` (mean absolute error) or ``l2`` (mean squared error) of the denoised image
-            against the clean one, inside the brain.
-    """
-
-    channels: tuple[int, ...]
-    noise_res: int
-    noise_std: float
-    loss: Literal["l1", "l2"]
-
-
-@dataclass(frozen=True)
-class DAEStudyConfig:
-    """The ``dae`` section: the denoising autoencoder and its training settings."""
-
-    model: DAEConfig
-    fit: FitConfig
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    """The ``segmenter.model`` section: a UNet that segments synthetic corruptions of healthy
-    slices (:mod:`brainad.models.corruptions`), unlike the lesions the evaluation implants.
-
-    Args:
-        channels: UNet widths per level, full resolution first.
-        mirror_channel: also feed the left-right mirrored slice as a second input channel.
-        clean_fraction: fraction of training images left uncorrupted (target 0 everywhere).
-        field_res: side of the grid of the smooth intensity field before upsampling.
-        field_strength: largest amplitude of the intensity field on the [-1, 1] scale; a
-            change of this size is a target of 1.
-        regions: shapes of the corrupted regions, one drawn per image: ``rectangles`` (a union
-            of axis-aligned rectangles) and/or ``noise`` (a thresholded low-frequency random
-            field: irregular blobs of any size, DRAEM-style).
-        edge_softness: largest Gaussian sigma (px of a 128-px slice) that softens a region's
-            edges before blending, drawn per batch from [0, edge_softness]; 0 = hard edges.
-    """
-
-    channels: tuple[int, ...]
-    mirror_channel: bool
-    clean_fraction: float
-    field_res: int
-    field_strength: float
-    regions: tuple[str, ...]
-    edge_softness: float
-
-
-@dataclass(frozen=True)
-class SegmenterStudyConfig:
-    """The ``segmenter`` section: the anomaly segmenter and its training settings."""
-
-    model: SegmenterConfig
-    fit: FitConfig
-
-
-# -------------------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
 class ScoreConfig:
     """Residual maps → image scores (one code path for evaluation and the CLI).
@@ -437,6 +324,7 @@ class StudyConfig:
     dae: DAEStudyConfig
     segmenter: SegmenterStudyConfig
     vqgan_denoise: DenoisingVQGANStudyConfig
+    inpainter: InpainterStudyConfig
     score: ScoreConfig
     threshold: ThresholdConfig
     evaluate: EvaluateConfig

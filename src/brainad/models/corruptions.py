@@ -66,7 +66,7 @@ def brain_of(x: torch.Tensor) -> torch.Tensor:
     return x > -1.0 + BRAIN_EPS
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device, normal=False):
+def random_numbers(shape: tuple[int, ...], generator: torch.Generator | None, device, normal=False):
     """Uniform [0, 1) (or standard normal) numbers from ``generator`` (on its own device) or
     from the global RNG, returned on ``device``."""
     draw = torch.randn if normal else torch.rand
@@ -82,7 +82,7 @@ def smooth_field(
     (standard normal if ``normal``, else uniform in [-1, 1])."""
     if not 1 <= res <= size:
         raise ValueError(f"noise grid side must be in [1, image size {size}], got {res}")
-    coarse = _rand((batch, 1, res, res), generator, device, normal)
+    coarse = random_numbers((batch, 1, res, res), generator, device, normal)
     if not normal:
         coarse = coarse * 2.0 - 1.0
     return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
@@ -105,9 +105,11 @@ def rectangle_union(
     axis-aligned rectangles, sides in :data:`RECTANGLE_SIDE` × ``size``, centred near one point
     (so the union is one irregular, connected-looking region)."""
     low, high = RECTANGLE_SIDE
-    centre = 0.2 + 0.6 * _rand((batch, 1, 2), generator, device)  # (B, 1, [y, x]) in [0.2, 0.8]
-    offset = (_rand((batch, RECTANGLES, 2), generator, device) - 0.5) * high
-    half = (low + (high - low) * _rand((batch, RECTANGLES, 2), generator, device)) / 2
+    centre = 0.2 + 0.6 * random_numbers(
+        (batch, 1, 2), generator, device
+    )  # (B, 1, [y, x]) in [0.2, 0.8]
+    offset = (random_numbers((batch, RECTANGLES, 2), generator, device) - 0.5) * high
+    half = (low + (high - low) * random_numbers((batch, RECTANGLES, 2), generator, device)) / 2
     coords = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size  # (S,)
     lo, hi = centre + offset - half, centre + offset + half  # (B, R, 2)
     inside_y = (coords >= lo[..., 0:1]) & (coords < hi[..., 0:1])  # (B, R, S)
@@ -121,10 +123,10 @@ def noise_region(batch: int, size: int, generator: torch.Generator | None, devic
     :data:`NOISE_REGION_RES`, scaled with ``size``) above a random level from
     :data:`NOISE_REGION_LEVEL`: irregular blobs, from one small spot to several large ones."""
     low, high = (max(2, round(r * size / 64)) for r in NOISE_REGION_RES)
-    res = low + int(_rand((1,), generator, device).item() * (high - low + 1))
+    res = low + int(random_numbers((1,), generator, device).item() * (high - low + 1))
     field = smooth_field(batch, min(res, size), size, generator, device, normal=False)
     lo, hi = NOISE_REGION_LEVEL
-    level = lo + (hi - lo) * _rand((batch, 1, 1, 1), generator, device)
+    level = lo + (hi - lo) * random_numbers((batch, 1, 1, 1), generator, device)
     return field > level
 
 
@@ -158,7 +160,9 @@ def _regions(
     drawn = [shapes[name]() for name in regions]
     if len(drawn) == 1:
         return drawn[0]
-    pick = (_rand((batch,), generator, device) * len(drawn)).long().clamp(max=len(drawn) - 1)
+    pick = (
+        (random_numbers((batch,), generator, device) * len(drawn)).long().clamp(max=len(drawn) - 1)
+    )
     stacked = torch.stack(drawn)  # (R, B, 1, S, S)
     return stacked[pick, torch.arange(batch, device=device)]
 
@@ -186,14 +190,21 @@ def synthetic_anomalies(
         raise ValueError(f"segmenter.model.edge_softness must be >= 0, got {config.edge_softness}")
     batch, size, device = len(x), x.shape[-1], x.device
     x = x.float()
-    choice = _rand((batch, 2), generator, device)  # (corrupted?, patch or field?)
-    amount = ALPHA_RANGE[0] + (ALPHA_RANGE[1] - ALPHA_RANGE[0]) * _rand((batch,), generator, device)
+    choice = random_numbers((batch, 2), generator, device)  # (corrupted?, patch or field?)
+    amount = ALPHA_RANGE[0] + (ALPHA_RANGE[1] - ALPHA_RANGE[0]) * random_numbers(
+        (batch,), generator, device
+    )
     amount = amount.view(-1, 1, 1, 1)
     region = _regions(tuple(config.regions), batch, size, generator, device) & brain_of(x)
     region &= (choice[:, 0] >= config.clean_fraction).view(-1, 1, 1, 1)
     weight = region.float()  # how much of the corruption each pixel gets
     if config.edge_softness > 0:  # (no extra random draw otherwise: hard-edged runs unchanged)
-        sigma = float(_rand((1,), generator, device).item()) * config.edge_softness * size / 128
+        sigma = (
+            float(random_numbers((1,), generator, device).item())
+            * config.edge_softness
+            * size
+            / 128
+        )
         weight = soften(region, sigma) * brain_of(x)
         region = weight > SOFT_FLOOR
     patch = (choice[:, 1] < PATCH_SHARE).view(-1, 1, 1, 1)

@@ -13,19 +13,16 @@ reconstruction model. There is no discriminator: a score with a discriminator co
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import nn
 
-from brainad.config import DAEConfig, from_dict, to_dict
-from brainad.models.blocks import masked_mean, no_discriminator
+from brainad.config import DAEConfig
+from brainad.models.blocks import masked_mean
 from brainad.models.corruptions import brain_of, coarse_noise
 from brainad.models.protocol import StepOutput
-from brainad.models.unet import UNet, check_unet
+from brainad.models.unet import UNetModel
 
 
-class DenoisingAE(nn.Module):
+class DenoisingAE(UNetModel):
     """A UNet trained to remove coarse noise from healthy slices.
 
     Args:
@@ -34,12 +31,10 @@ class DenoisingAE(nn.Module):
     """
 
     name = "dae"
-    spec_keys = ("config", "image_size")
-    has_discriminator = False  # scoring leaves out the discriminator component for it
+    config_class = DAEConfig
 
     def __init__(self, config: DAEConfig, image_size: int) -> None:
-        super().__init__()
-        check_unet(config.channels, image_size, "dae.model")
+        super().__init__(config, image_size, in_channels=1)
         if not 1 <= config.noise_res <= image_size:
             raise ValueError(
                 f"dae.model.noise_res must be in [1, image size {image_size}], got "
@@ -47,14 +42,8 @@ class DenoisingAE(nn.Module):
             )
         if config.noise_std < 0:
             raise ValueError(f"dae.model.noise_std must be >= 0, got {config.noise_std}")
-        self.config = config
-        self.image_size = image_size
-        self.unet = UNet(config.channels, in_channels=1, out_channels=1)
 
     # ------------------------------------------------------------------------------ protocol
-    def networks(self) -> dict[str, nn.Module]:
-        return {"generator": self.unet}
-
     def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``x`` plus its coarse training noise (random numbers from ``generator`` or the
         global RNG)."""
@@ -67,26 +56,7 @@ class DenoisingAE(nn.Module):
         loss = masked_mean(error, brain_of(real))
         return StepOutput(loss, {"denoise": loss.detach()}, None)
 
-    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, epoch: int) -> None:
-        return None
-
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The UNet applied to the clean input (no noise), clipped to [-1, 1]."""
         return self.unet(x).clamp(-1.0, 1.0)
-
-    def discriminator_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise no_discriminator(self.name)
-
-    def epoch_logs(self) -> dict[str, float]:
-        return {}
-
-    # ---------------------------------------------------------------------------- checkpoint
-    def spec(self) -> dict[str, Any]:
-        return {"config": to_dict(self.config), "image_size": self.image_size}
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> DenoisingAE:
-        """Rebuild from :meth:`spec` output; use :func:`brainad.models.registry.build_model`,
-        which checks the keys first."""
-        return cls(from_dict(DAEConfig, spec["config"], "spec.config"), spec["image_size"])

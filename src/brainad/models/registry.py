@@ -17,6 +17,7 @@ from torch import nn
 from brainad.config import FitConfig, StudyConfig
 from brainad.models.dae import DenoisingAE
 from brainad.models.dcgan import DCGAN
+from brainad.models.inpainter import Inpainter
 from brainad.models.prior import VQGANPrior
 from brainad.models.segmenter import Segmenter
 from brainad.models.vqgan import VQGAN
@@ -55,6 +56,7 @@ REGISTRY: dict[str, ModelEntry] = {
     "dae": ModelEntry("dae", DenoisingAE, ("main",)),
     "segmenter": ModelEntry("segmenter", Segmenter, ("main",), detector="segmentation"),
     "vqgan_denoise": ModelEntry("vqgan_denoise", DenoisingVQGAN, ("main",)),
+    "inpainter": ModelEntry("inpainter", Inpainter, ("main",)),
 }
 """In the order evaluation reports them (metrics, ``scores.csv``, figures)."""
 MODEL_NAMES = tuple(REGISTRY)

@@ -14,20 +14,19 @@ draws the probability map as an image for the training loop's sample grids only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from brainad.config import SegmenterConfig, from_dict, to_dict
-from brainad.models.blocks import masked_mean, no_discriminator
+from brainad.config import SegmenterConfig
+from brainad.models.blocks import masked_mean
 from brainad.models.corruptions import Corrupted, brain_of, synthetic_anomalies
 from brainad.models.protocol import StepOutput
-from brainad.models.unet import UNet, check_unet
+from brainad.models.unet import UNetModel
 
 
-class Segmenter(nn.Module):
+class Segmenter(UNetModel):
     """A UNet from the slice (and its mirror) to one anomaly logit per pixel.
 
     Args:
@@ -36,20 +35,17 @@ class Segmenter(nn.Module):
     """
 
     name = "segmenter"
-    spec_keys = ("config", "image_size")
+    config_class = SegmenterConfig
+    spec_defaults: ClassVar[dict[str, Any]] = {"edge_softness": 0.0}
+    """A checkpoint written before ``edge_softness`` existed was trained with hard edges."""
 
     def __init__(self, config: SegmenterConfig, image_size: int) -> None:
-        super().__init__()
-        check_unet(config.channels, image_size, "segmenter.model")
+        super().__init__(config, image_size, in_channels=2 if config.mirror_channel else 1)
         if not 1 <= config.field_res <= image_size:
             raise ValueError(
                 f"segmenter.model.field_res must be in [1, image size {image_size}], got "
                 f"{config.field_res}"
             )
-        self.config = config
-        self.image_size = image_size
-        in_channels = 2 if config.mirror_channel else 1
-        self.unet = UNet(config.channels, in_channels=in_channels, out_channels=1)
 
     # ----------------------------------------------------------------------------- public API
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,17 +73,11 @@ class Segmenter(nn.Module):
         return masked_mean(bce, brain)
 
     # ------------------------------------------------------------------------------ protocol
-    def networks(self) -> dict[str, nn.Module]:
-        return {"generator": self.unet}
-
     def generator_step(self, real: torch.Tensor, epoch: int) -> StepOutput:
         corrupted = self.corrupt(real)
         loss = self.loss(corrupted, brain_of(real))
         anomalous = (corrupted.target > 0).float().mean()
         return StepOutput(loss, {"bce": loss.detach(), "target_fraction": anomalous}, None)
-
-    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, epoch: int) -> None:
-        return None
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,21 +85,3 @@ class Segmenter(nn.Module):
         training loop's sample grids show it under each input). Score with
         :class:`brainad.scoring.segmenter.SegmenterDetector`."""
         return self.probability(x) * 2.0 - 1.0
-
-    def discriminator_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise no_discriminator(self.name)
-
-    def epoch_logs(self) -> dict[str, float]:
-        return {}
-
-    # ---------------------------------------------------------------------------- checkpoint
-    def spec(self) -> dict[str, Any]:
-        return {"config": to_dict(self.config), "image_size": self.image_size}
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> Segmenter:
-        """Rebuild from :meth:`spec` output; use :func:`brainad.models.registry.build_model`,
-        which checks the keys first. A checkpoint written before ``edge_softness`` existed was
-        trained with hard edges (0)."""
-        config = {"edge_softness": 0.0, **spec["config"]}
-        return cls(from_dict(SegmenterConfig, config, "spec.config"), spec["image_size"])

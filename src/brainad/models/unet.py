@@ -1,22 +1,25 @@
-"""A small UNet for 2-D slices, shared by the denoising autoencoder and the anomaly segmenter.
+"""A small UNet for 2-D slices, shared by the denoising autoencoder, the inpainter and the segmenter.
 
 Read top to bottom: :class:`ConvBlock` (two 3x3 convolutions, each followed by GroupNorm and
 SiLU), then :class:`UNet`: a stem at full resolution, one strided-convolution downsampling step
 per further level, and the mirror path back up (nearest upsampling + 3x3 convolution, then the
 skip connection of the same level concatenated and merged by a :class:`ConvBlock`). With
 ``channels = [c0, c1, …, cL]`` and an S×S input, level ``i`` holds ``c_i`` channels at
-``S / 2**i``; S must be divisible by ``2**L``.
+``S / 2**i``; S must be divisible by ``2**L``. Last, :class:`UNetModel`: the model protocol the
+one-UNet models share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainad.models.blocks import group_norm
+from brainad.config import from_dict, to_dict
+from brainad.models.blocks import group_norm, no_discriminator
 
 
 def check_unet(channels: Sequence[int], image_size: int, section: str) -> None:
@@ -126,3 +129,52 @@ class UNet(nn.Module):
         for step in self.up:
             h = step(h, skips.pop())
         return self.head(h)
+
+
+class UNetModel(nn.Module):
+    """The protocol (:class:`brainad.models.protocol.GANModule`) shared by the one-UNet models
+    (the dae, the inpainter, the segmenter): one network, ``generator``; no discriminator; a
+    spec of the ``<name>.model`` section and the image size. A subclass sets ``name`` and
+    ``config_class`` and implements ``generator_step`` and ``reconstruct``.
+
+    Args:
+        config: the ``<name>.model`` section (it has ``channels``).
+        image_size: side of the square input images; divisible by ``2**(len(channels)-1)``.
+        in_channels: input channels of the UNet (its output has one).
+    """
+
+    name = ""
+    config_class: type = object
+    spec_keys = ("config", "image_size")
+    spec_defaults: ClassVar[dict[str, Any]] = {}
+    """Keys a checkpoint written before they existed was trained without, with those values."""
+    has_discriminator = False  # scoring leaves out the discriminator component for it
+
+    def __init__(self, config: Any, image_size: int, in_channels: int) -> None:
+        super().__init__()
+        check_unet(config.channels, image_size, f"{self.name}.model")
+        self.config = config
+        self.image_size = image_size
+        self.unet = UNet(config.channels, in_channels=in_channels, out_channels=1)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"generator": self.unet}
+
+    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, epoch: int) -> None:
+        return None
+
+    def discriminator_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise no_discriminator(self.name)
+
+    def epoch_logs(self) -> dict[str, float]:
+        return {}
+
+    def spec(self) -> dict[str, Any]:
+        return {"config": to_dict(self.config), "image_size": self.image_size}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> UNetModel:
+        """Rebuild from :meth:`spec` output; use :func:`brainad.models.registry.build_model`,
+        which checks the keys first."""
+        config = {**cls.spec_defaults, **spec["config"]}
+        return cls(from_dict(cls.config_class, config, "spec.config"), spec["image_size"])

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from brainad import metrics
+from brainad.config import load_study
 
-from brainad import metrics  # noqa: E402
-from brainad.config import load_study  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 GRID = (0.80, 0.82, 0.84, 0.86, 0.88, 0.90, 0.92, 0.94, 0.96)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from brainad import runtime
@@ -19,9 +19,11 @@ def stage_setup(
     path_args: Sequence[str],
     argv: Sequence[str] | None = None,
     names: Sequence[str] = (),
+    load: Callable[[str, Path], object] = load_study,
 ) -> tuple[argparse.Namespace, StudyConfig]:
     """Parse ``--study``, ``--params``, the stage's ``--<path>`` arguments and ``--<name>`` string
-    arguments (all required), load the study's typed config (a config error exits with its
+    arguments (all required), load the study's typed config (``load``: a slice study by default,
+    or :func:`brainad.config.load_volume_study`) (a config error exits with its
     message), put the deterministic environment in place (:func:`brainad.runtime.prepare_process`;
     a stage run as a script, ``argv`` None, may re-execute itself) and set up logging.
 
@@ -37,7 +39,7 @@ def stage_setup(
         parser.add_argument(f"--{name}", required=True)
     args = parser.parse_args(argv)
     try:
-        config = load_study(args.study, args.params)
+        config = load(args.study, args.params)
     except ConfigError as exc:
         _logging()
         log.error("%s", exc)

@@ -82,3 +82,58 @@ def write_dicom_series(
 
 def read_dicom(path: Path) -> pydicom.Dataset:
     return pydicom.dcmread(str(path))
+
+
+# BraTS-style cases: file names of each naming scheme (the brats source's presets)
+BRATS_FILES = {
+    "brats2013": {
+        "flair": "Flair_subtrMeanDivStd.nii.gz",
+        "t1c": "T1c_subtrMeanDivStd.nii.gz",
+        "label": "OTMultiClass.nii.gz",
+        "brainmask": "brainmask.nii.gz",
+    },
+    "brats2018": {
+        "flair": "{case}_flair.nii.gz",
+        "t1c": "{case}_t1ce.nii.gz",
+        "label": "{case}_seg.nii.gz",
+    },
+    "brats2023": {
+        "flair": "{case}-t2f.nii.gz",
+        "t1c": "{case}-t1c.nii.gz",
+        "label": "{case}-seg.nii.gz",
+    },
+}
+
+
+def brats_case(
+    root: Path, case: str, naming: str = "brats2018", seed: int = 0, size: int = 32, depth: int = 16
+) -> dict[str, Path]:
+    """Write one synthetic BraTS-style case: an ellipsoid brain (zero background) with a bright
+    FLAIR tumour sphere (label 2, core 1) in its middle slices, a T1c with an enhancing rim and
+    a dark core; a brain mask file where the naming has one. Returns ``{role: path}``."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(np.arange(size), np.arange(size), np.arange(depth), indexing="ij")
+    c = (size - 1) / 2
+    brain = ((x - c) / (0.42 * size)) ** 2 + ((y - c) / (0.46 * size)) ** 2 + (
+        (z - (depth - 1) / 2) / (0.48 * depth)
+    ) ** 2 <= 1
+    centre = np.array([c + rng.uniform(-0.15, 0.15) * size, c, (depth - 1) / 2])
+    radius = 0.18 * size
+    distance = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + ((z - centre[2]) * 2) ** 2)
+    tumour = (distance <= radius) & brain
+    core = (distance <= radius / 2) & brain
+    flair = np.where(brain, 1.0 + 0.15 * rng.standard_normal(brain.shape), 0.0)
+    flair[tumour] += 1.5
+    t1c = np.where(brain, 1.0 + 0.15 * rng.standard_normal(brain.shape), 0.0)
+    t1c[tumour & ~core] += 1.0
+    t1c[core] -= 0.6
+    label = np.where(core, 1, np.where(tumour, 2, 0)).astype(np.uint8)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS voxel axes, as the BraTS files
+    volumes = {"flair": flair.astype(np.float32), "t1c": t1c.astype(np.float32), "label": label}
+    if "brainmask" in BRATS_FILES[naming]:
+        volumes["brainmask"] = brain.astype(np.float64)
+    folder = root / case
+    return {
+        role: write_nifti(folder / BRATS_FILES[naming][role].format(case=case), data, affine)
+        for role, data in volumes.items()
+    }

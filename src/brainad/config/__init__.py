@@ -3,7 +3,9 @@
 ``params.yaml`` has two top-level keys:
 
 * ``defaults`` — every section of a study, every value written once;
-* ``studies`` — one entry per study; each section there overrides only the keys it names.
+* ``studies`` — one entry per study; each section there overrides only the keys it names;
+* ``volume_studies`` (optional) — studies graded voxel by voxel on 3-D cases
+  (:mod:`.volume_study`), each stating every key, loaded by :func:`load_volume_study`.
 
 :func:`load_study` deep-merges the two and builds frozen dataclasses (:mod:`.sections`, one per
 params section, fields named as the keys, with the training loop's in :mod:`.fit` and the UNet
@@ -13,7 +15,14 @@ a typo in ``params.yaml`` never turns silently into a default.
 """
 
 from brainad.config.fit import AugmentConfig, FitConfig
-from brainad.config.loader import from_dict, load_study, read_params, study_names, to_dict
+from brainad.config.loader import (
+    from_dict,
+    load_study,
+    load_volume_study,
+    read_params,
+    study_names,
+    to_dict,
+)
 from brainad.config.sections import (
     ConfigError,
     DCGANConfig,
@@ -46,6 +55,15 @@ from brainad.config.unets import (
     SegmenterConfig,
     SegmenterStudyConfig,
 )
+from brainad.config.volume_study import (
+    CasePatterns,
+    CaseSourceConfig,
+    RolesConfig,
+    SliceRulesConfig,
+    VolumeStudyConfig,
+    VoxelDetectorConfig,
+    VoxelEvaluateConfig,
+)
 
 __all__ = [
     "AugmentConfig",
@@ -76,10 +94,18 @@ __all__ = [
     "StudyConfig",
     "ThresholdConfig",
     "VolumeConfig",
+    "VolumeStudyConfig",
+    "VoxelDetectorConfig",
+    "VoxelEvaluateConfig",
+    "CasePatterns",
+    "CaseSourceConfig",
+    "RolesConfig",
+    "SliceRulesConfig",
     "VQGANConfig",
     "VQGANStudyConfig",
     "from_dict",
     "load_study",
+    "load_volume_study",
     "read_params",
     "study_names",
     "to_dict",

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from brainad.config.sections import ConfigError, StudyConfig
+from brainad.config.volume_study import VolumeStudyConfig
 
 
 def _type_name(tp: Any) -> str:
@@ -113,8 +114,11 @@ def _merge(base: dict, override: dict, key: str) -> dict:
     return out
 
 
+_TOP_LEVEL = {"defaults", "studies", "volume_studies"}
+
+
 def read_params(path: str | Path = "params.yaml") -> dict:
-    """Read ``params.yaml`` and check its two top-level keys."""
+    """Read ``params.yaml`` and check its top-level keys."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: not found; run from the repository root or pass --params")
@@ -122,10 +126,11 @@ def read_params(path: str | Path = "params.yaml") -> dict:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict) or set(raw) != {"defaults", "studies"}:
+    if not isinstance(raw, dict) or not {"defaults", "studies"} <= set(raw) <= _TOP_LEVEL:
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise ConfigError(
-            f"{path}: top level must have exactly 'defaults' and 'studies', got {got}"
+            f"{path}: top level must have 'defaults' and 'studies' (and optionally "
+            f"'volume_studies'), got {got}"
         )
     if not isinstance(raw["studies"], dict) or not raw["studies"]:
         raise ConfigError(f"{path}: 'studies' must map study names to their overrides")
@@ -167,6 +172,23 @@ def load_study(study: str, path: str | Path = "params.yaml") -> StudyConfig:
         raise ConfigError(
             f"{exc} [study '{study}': defaults merged with studies.{study}]"
         ) from None
+
+
+def load_volume_study(study: str, path: str | Path = "params.yaml") -> VolumeStudyConfig:
+    """Load one volume study (``volume_studies.<study>``: every key stated, no defaults)."""
+    studies = read_params(path).get("volume_studies") or {}
+    if study not in studies:
+        raise ConfigError(
+            f"volume_studies.{study}: no such volume study in {path}; known: {list(studies)}"
+        )
+    body = studies[study]
+    if not isinstance(body, dict):
+        raise ConfigError(f"volume_studies.{study}: expected a mapping of sections")
+    config = from_dict(VolumeStudyConfig, {"name": study, **body}, f"volume_studies.{study}")
+    names = [d.name for d in config.detectors]
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"volume_studies.{study}.detectors: names must be unique, got {names}")
+    return config
 
 
 def to_dict(config: Any) -> dict:

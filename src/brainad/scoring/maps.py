@@ -7,6 +7,8 @@ mean of the top ``topk_percent`` % pixels, or the maximum).
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -63,6 +65,21 @@ def smooth(maps: Tensor, config: ScoreConfig) -> Tensor:
     if config.smoothing == "median":
         return median_filter(maps, config.smoothing_px)
     raise ValueError(f"score.smoothing: unknown {config.smoothing!r}; use none, gaussian or median")
+
+
+def masked_gaussian(maps: np.ndarray, masks: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing (σ px) of (N, 1, H, W) maps inside the brain only (normalised
+    convolution: values outside ``masks`` never bleed in); 0 outside. σ 0 only masks."""
+    masks = np.asarray(masks, bool)
+    inside = np.where(masks, maps, 0.0).astype(np.float32)
+    if sigma <= 0:
+        return inside
+    out = np.zeros_like(inside)
+    for i in range(len(inside)):
+        weight = cv2.GaussianBlur(masks[i, 0].astype(np.float32), (0, 0), sigma)
+        blurred = cv2.GaussianBlur(inside[i, 0], (0, 0), sigma)
+        out[i, 0] = np.where(masks[i, 0], blurred / np.maximum(weight, 1e-6), 0.0)
+    return out
 
 
 def check_settings(config: ScoreConfig) -> None:

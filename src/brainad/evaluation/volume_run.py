@@ -1,0 +1,219 @@
+"""The ``voxels`` stage of a volume study: every detector of ``detectors`` scored on the
+validation and test cases on their own grids, choices made on validation, test reported.
+
+For each detector (one :class:`~brainad.scoring.detector.Detector`, fitted on the healthy
+slices of the ``train`` cases):
+
+1. its raw map of every brain slice of the validation and test cases (native resolution);
+2. each smoothing of ``evaluate.smoothing_sigmas`` (inside the brain) is scored on VALIDATION
+   voxels; the best pixel AP is the detector's variant, and its best-Dice threshold on
+   validation is the threshold used on test (the honest Dice);
+3. on TEST: pixel AP, ROC-AUC, best Dice (an upper bound) and Dice at the validation threshold
+   per case and pooled, subject-bootstrap intervals and the difference to the first detector
+   (the reference: FLAIR thresholding) on the same draws; slice ROC-AUC overall and per
+   position stratum; where each volume's top-k slices fall. The test maps are written back to
+   each case's own grid (NIfTI) so a viewer overlays them.
+
+The study's default is the detector with the best validation pixel AP.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainad.config import VolumeStudyConfig, to_dict
+from brainad.data.brats import Case, normalise, read_cases, slice_rows, slice_stack
+from brainad.data.volumes import Slices, save_nifti, volume_map
+from brainad.evaluation import voxels
+from brainad.evaluation.volume_summary import write_figure, write_summary
+from brainad.scoring.detector import pixel_maps
+from brainad.scoring.intensity import VOLUME_METHODS
+from brainad.scoring.maps import aggregate, masked_gaussian
+from brainad.utils import write_json
+
+log = logging.getLogger("brainad")
+
+
+def _check_roles(config: VolumeStudyConfig) -> tuple[str, ...]:
+    roles = config.roles
+    subjects = (*roles.train, *roles.val, *roles.test)
+    twice = sorted({s for s in subjects if subjects.count(s) > 1})
+    if twice:
+        raise ValueError(f"volume_studies.{config.name}.roles: case(s) {twice} have two roles")
+    if not roles.val or not roles.test:
+        raise ValueError(f"volume_studies.{config.name}.roles: val and test need a case each")
+    return subjects
+
+
+class Inputs:
+    """A detector's inputs of one case: normalised slices, brain masks, labels, slice rows."""
+
+    def __init__(self, case: Case, channel: str, normalisation: str, rows: list) -> None:
+        ks = [r.slice for r in rows]
+        self.rows = rows
+        self.images = slice_stack(normalise(case.channels[channel], case.brain, normalisation), ks)
+        self.masks = slice_stack(case.brain, ks)
+        self.tumour = slice_stack(case.label, ks)
+
+
+def _voxels_of(maps: np.ndarray, inputs: Inputs) -> tuple[np.ndarray, np.ndarray]:
+    return maps[inputs.masks], inputs.tumour[inputs.masks]
+
+
+def _variants(detector, inputs: dict[str, Inputs], config: VolumeStudyConfig) -> dict:
+    """Raw maps of every case, then each smoothing: ``{sigma: {subject: map}}``."""
+    raw = {s: pixel_maps(detector, x.images, x.masks)["map"].numpy() for s, x in inputs.items()}
+    return {
+        sigma: {s: masked_gaussian(raw[s], inputs[s].masks, sigma) for s in raw}
+        for sigma in config.evaluate.smoothing_sigmas
+    }
+
+
+def _validation(variants: dict, inputs: dict[str, Inputs], config: VolumeStudyConfig) -> dict:
+    """Validation pixel metrics of every variant, the chosen sigma and its threshold."""
+    table, pooled = [], {}
+    for sigma, maps in variants.items():
+        parts = [_voxels_of(maps[s], inputs[s]) for s in config.roles.val if s in inputs]
+        scores = np.concatenate([p[0] for p in parts])
+        tumour = np.concatenate([p[1] for p in parts])
+        edges = voxels.bin_edges([scores], config.evaluate.bins)
+        found = voxels.curve_metrics(voxels.counts(scores, tumour, edges))
+        found.pop("best_bin")
+        table.append({"sigma": sigma, **found})
+        pooled[sigma] = (scores, tumour)
+    best = max(table, key=lambda row: row["pixel_ap"] or -1.0)
+    threshold = voxels.validation_threshold(*pooled[best["sigma"]], config.evaluate.bins)
+    return {"variants": table, "sigma": best["sigma"], "threshold": threshold}
+
+
+def _slice_scores(maps: np.ndarray, inputs: Inputs, config: VolumeStudyConfig) -> np.ndarray:
+    pct = config.evaluate.topk_percent
+    found = aggregate(torch.from_numpy(maps), torch.from_numpy(inputs.masks), "topk", pct)
+    return found.numpy().astype(np.float64)
+
+
+def _test(maps: dict[str, np.ndarray], inputs: dict[str, Inputs], threshold: float, config):
+    """Per-case counts and metrics, slice-level results and top-k slices on the test cases."""
+    tests = [s for s in config.roles.test if s in inputs]
+    values = {s: _voxels_of(maps[s], inputs[s]) for s in tests}
+    edges = voxels.bin_edges([v[0] for v in values.values()], config.evaluate.bins)
+    counts = {s: voxels.counts(*values[s], edges) for s in tests}
+    at = {s: voxels.dice_counts(*values[s], threshold) for s in tests}
+    per_case, labels, scores, positions = {}, [], [], []
+    for s in tests:
+        rows, found = inputs[s].rows, _slice_scores(maps[s], inputs[s], config)
+        metrics = voxels.curve_metrics(counts[s])
+        metrics.pop("best_bin")
+        place = np.array([r.position for r in rows])
+        tumour = np.array([r.tumour_voxels > 0 for r in rows])
+        k, strata = config.evaluate.top_k, config.evaluate.strata
+        top = voxels.top_slices(found, place, tumour, k, strata)
+        per_case[s] = {**metrics, "dice": voxels.dice(at[s]), "top_slices": top}
+        for row, value in zip(rows, found):
+            if row.status != "excluded":
+                labels.append(int(row.status == "anomalous"))
+                scores.append(value)
+                positions.append(row.position)
+    slices = voxels.slice_metrics(
+        np.array(labels), np.array(scores), np.array(positions), config.evaluate.strata
+    )
+    return counts, at, per_case, slices
+
+
+def _write_maps(maps: dict, inputs: dict, cases: dict, name: str, out: Path) -> None:
+    for subject, values in maps.items():
+        case = cases[subject]
+        ks = [r.slice for r in inputs[subject].rows]
+        shape = tuple(int(n) for n in case.brain.shape)
+        grid = volume_map(case.reference, Slices(ks, [], shape, ()), dict(zip(ks, values[:, 0])))
+        save_nifti(out / name / f"{subject}.nii.gz", grid, case.reference.affine)
+
+
+def run_voxels(config: VolumeStudyConfig, report_dir: Path, maps_dir: Path) -> dict:
+    """Score, choose on validation, report on test; write ``evaluation.json``, ``metrics.json``,
+    ``summary.md`` and the overlay figure under ``report_dir`` and test maps under ``maps_dir``."""
+    subjects = _check_roles(config)
+    channels = tuple(dict.fromkeys(d.channel for d in config.detectors))
+    cases, rejected, unused = read_cases(config.source, subjects, channels)
+    rows = {s: slice_rows(case, config.slices) for s, case in cases.items()}
+    for role in ("val", "test"):
+        if not any(s in cases for s in getattr(config.roles, role)):
+            raise ValueError(f"roles.{role}: no usable case (rejected: {rejected})")
+    results, reference, shown = {}, None, {}
+    for spec in config.detectors:
+        log.info(
+            "voxels: %s (%s, %s, %s)", spec.name, spec.channel, spec.normalisation, spec.method
+        )
+        inputs = {s: Inputs(cases[s], spec.channel, spec.normalisation, rows[s]) for s in cases}
+        detector = VOLUME_METHODS[spec.method]()
+        train = [inputs[s] for s in config.roles.train if s in inputs]
+        healthy = [x.images[[r.status == "healthy" for r in x.rows]] for x in train]
+        if healthy:
+            masks = [x.masks[[r.status == "healthy" for r in x.rows]] for x in train]
+            detector.fit(np.concatenate(healthy), np.concatenate(masks))
+        scored = {s: inputs[s] for s in (*config.roles.val, *config.roles.test) if s in inputs}
+        variants = _variants(detector, scored, config)
+        chosen = _validation(variants, scored, config)
+        maps = {s: variants[chosen["sigma"]][s] for s in config.roles.test if s in scored}
+        counts, at, per_case, slices = _test(maps, scored, chosen["threshold"], config)
+        ev = config.evaluate
+        boot = voxels.bootstrap(counts, at, ev.bootstrap, ev.ci, ev.seed, reference)
+        reference = reference or (counts, at)
+        pooled = voxels.pooled(counts, at, sorted(counts))
+        results[spec.name] = {
+            "input": to_dict(spec),
+            "validation": chosen,
+            "test": {"pooled": pooled, **boot, "per_case": per_case, "slices": slices},
+        }
+        _write_maps(maps, scored, cases, spec.name, maps_dir)
+        shown[spec.name] = maps
+    default = max(results, key=lambda name: _validation_ap(results[name]))
+    evaluation = _evaluation(config, cases, rows, rejected, unused, results, default)
+    write_json(report_dir / "evaluation.json", evaluation)
+    write_json(report_dir / "metrics.json", _metrics(results, default))
+    write_summary(report_dir / "summary.md", evaluation)
+    test_inputs = {s: Inputs(cases[s], channels[0], "zscore", rows[s]) for s in maps}
+    write_figure(report_dir / "figures" / "overlays.png", test_inputs, shown, default)
+    return evaluation
+
+
+def _evaluation(config, cases, rows, rejected, unused, results, default) -> dict:
+    def count(subject: str) -> dict:
+        statuses = [r.status for r in rows[subject]]
+        return {s: statuses.count(s) for s in ("healthy", "anomalous", "excluded")}
+
+    return {
+        "study": config.name,
+        "config": to_dict(config),
+        "roles": to_dict(config.roles),
+        "cases": {
+            s: {"files": c.files, "sha256": c.sha256, "slices": count(s)} for s, c in cases.items()
+        },
+        "rejected": [r._asdict() for r in rejected],
+        "unused": unused,
+        "reference": config.detectors[0].name,
+        "default": default,
+        "detectors": results,
+    }
+
+
+def _validation_ap(result: dict) -> float:
+    chosen = result["validation"]
+    row = next(v for v in chosen["variants"] if v["sigma"] == chosen["sigma"])
+    return row["pixel_ap"] if row["pixel_ap"] is not None else -1.0
+
+
+def _metrics(results: dict, default: str) -> dict:
+    """Test metrics for ``dvc metrics``: pooled voxel metrics and slice ROC-AUC (overall and per
+    position stratum) of every detector; the default's validation pixel AP."""
+    out: dict = {"default_validation_pixel_ap": {default: _validation_ap(results[default])}}
+    for name, result in results.items():
+        test = result["test"]
+        slices = {f"slice_roc_auc_{k}": v["roc_auc"] for k, v in test["slices"].items()}
+        found = {**test["pooled"], **slices}
+        out[name] = {k: v for k, v in found.items() if v is not None}
+    return out

@@ -1,0 +1,197 @@
+"""A volume study end to end on synthetic BraTS-style cases (the voxels stage), its strict
+params, and that the test cases never decide anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from helpers.volumes import brats_case
+
+from brainad.config import ConfigError, load_volume_study
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ("OTMultiClass.nii.gz", "*_seg.nii.gz", "*-seg.nii.gz")
+CASES = ("c0", "c1", "c2", "c3", "c4", "c5")
+
+
+def _study(root: Path, **change) -> dict:
+    study = {
+        "source": {
+            "kind": "brats",
+            "uri": str(root),
+            "naming": "auto",
+            "patterns": {"flair": "", "t1c": "", "label": "", "brainmask": ""},
+            "checksums": "",
+        },
+        "roles": {"train": ["c0", "c1"], "val": ["c2"], "test": ["c3", "c4", "c5"]},
+        "slices": {"min_brain_voxels": 20, "min_tumour_voxels": 10},
+        "detectors": [
+            {
+                "name": "flair_intensity",
+                "channel": "flair",
+                "normalisation": "zscore",
+                "method": "intensity",
+            },
+            {
+                "name": "t1c_intensity",
+                "channel": "t1c",
+                "normalisation": "zscore",
+                "method": "intensity",
+            },
+            {
+                "name": "flair_edge",
+                "channel": "flair",
+                "normalisation": "zscore",
+                "method": "edge_normalised",
+            },
+        ],
+        "evaluate": {
+            "smoothing_sigmas": [0.0, 1.0],
+            "topk_percent": 1.0,
+            "bins": 512,
+            "bootstrap": 50,
+            "ci": 0.95,
+            "seed": 0,
+            "strata": 3,
+            "top_k": 2,
+        },
+    }
+    study.update(change)
+    return study
+
+
+def _params(tmp_path: Path, study: dict) -> Path:
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base["volume_studies"] = {"toy": study}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def _stage_main(argv: list[str]) -> None:
+    """Run ``stages/voxels.py`` as DVC does, in this process."""
+    spec = importlib.util.spec_from_file_location("voxels_stage", REPO / "stages" / "voxels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(argv)
+
+
+def _label(folder: Path) -> Path:
+    return next(p for pattern in LABELS for p in folder.glob(pattern))
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("volume_study")
+    namings = ("brats2013", "brats2018", "brats2023")
+    for i, case in enumerate(CASES):
+        brats_case(tmp / "cases", case, namings[i % 3], seed=i)
+    params = _params(tmp, _study(tmp / "cases"))
+    _stage_main(
+        [
+            "--study",
+            "toy",
+            "--params",
+            str(params),
+            "--report-dir",
+            str(tmp / "report"),
+            "--maps-dir",
+            str(tmp / "maps"),
+        ]
+    )
+    return {"tmp": tmp, "params": params}
+
+
+def test_reports_every_detector_and_writes_maps_on_the_cases_grid(ran) -> None:
+    report = ran["tmp"] / "report"
+    evaluation = json.loads((report / "evaluation.json").read_text())
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(evaluation["detectors"]) == {"flair_intensity", "t1c_intensity", "flair_edge"}
+    assert evaluation["reference"] == "flair_intensity"
+    assert set(metrics) >= set(evaluation["detectors"])
+    flair = evaluation["detectors"]["flair_intensity"]["test"]
+    assert flair["pooled"]["pixel_ap"] > 0.9  # the synthetic tumour is bright in FLAIR
+    assert set(flair["per_case"]) == {"c3", "c4", "c5"}
+    assert set(flair["ci"]) >= {"pixel_ap", "dice", "pixel_auroc", "best_dice"}
+    summary = (report / "summary.md").read_text()
+    assert "Published, for context only" in summary and "Menze" in summary
+    assert (report / "figures" / "overlays.png").stat().st_size > 1000
+    for case in ("c3", "c4", "c5"):
+        written = nib.load(str(ran["tmp"] / "maps" / "flair_intensity" / f"{case}.nii.gz"))
+        original = nib.load(str(_label(ran["tmp"] / "cases" / case)))  # the case's grid
+        assert written.shape == original.shape and np.allclose(written.affine, original.affine)
+        label = np.asanyarray(original.dataobj) > 0
+        values = np.asanyarray(written.dataobj)
+        assert values[label].mean() > values[~label & (values != 0)].mean()  # map lines up
+
+
+def test_choices_do_not_depend_on_the_test_cases(ran, tmp_path: Path) -> None:
+    """Blank the test cases' labels: every validation choice (smoothing, threshold, default)
+    stays the same, only the test numbers change."""
+    first = json.loads((ran["tmp"] / "report" / "evaluation.json").read_text())
+    cases = tmp_path / "cases"
+    namings = ("brats2013", "brats2018", "brats2023")
+    for i, case in enumerate(CASES):
+        written = brats_case(cases, case, namings[i % 3], seed=i)
+        if case in ("c3", "c4", "c5"):
+            image = nib.load(str(written["label"]))
+            flipped = (np.asanyarray(image.dataobj) == 0).astype(np.uint8)
+            nib.save(nib.Nifti1Image(flipped, image.affine), str(written["label"]))
+    params = _params(tmp_path, _study(cases))
+    _stage_main(
+        [
+            "--study",
+            "toy",
+            "--params",
+            str(params),
+            "--report-dir",
+            str(tmp_path / "r"),
+            "--maps-dir",
+            str(tmp_path / "m"),
+        ]
+    )
+    second = json.loads((tmp_path / "r" / "evaluation.json").read_text())
+    assert second["default"] == first["default"]
+    for name, result in first["detectors"].items():
+        assert second["detectors"][name]["validation"] == result["validation"]
+        assert second["detectors"][name]["test"]["pooled"] != result["test"]["pooled"]
+
+
+def test_volume_study_params_are_strict(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    study["slices"] = {"min_brain_voxels": 20}
+    with pytest.raises(ConfigError, match=r"volume_studies.toy.slices: missing key\(s\)"):
+        load_volume_study("toy", _params(tmp_path, study))
+    study = _study(tmp_path)
+    study["detectors"][1]["method"] = "magic"
+    with pytest.raises(ConfigError, match=r"detectors\[1\].method: 'magic' is not one of"):
+        load_volume_study("toy", _params(tmp_path, study))
+    study = _study(tmp_path)
+    study["detectors"][1]["name"] = "flair_intensity"
+    with pytest.raises(ConfigError, match="names must be unique"):
+        load_volume_study("toy", _params(tmp_path, study))
+    with pytest.raises(ConfigError, match="no such volume study"):
+        load_volume_study("absent", _params(tmp_path, _study(tmp_path)))
+
+
+def test_a_case_with_two_roles_is_refused(tmp_path: Path) -> None:
+    from brainad.evaluation.volume_run import run_voxels
+
+    study = _study(tmp_path, roles={"train": ["c0"], "val": ["c2"], "test": ["c2", "c3"]})
+    config = load_volume_study("toy", _params(tmp_path, study))
+    with pytest.raises(ValueError, match=r"case\(s\) \['c2'\] have two roles"):
+        run_voxels(config, tmp_path / "r", tmp_path / "m")
+
+
+def test_the_brats_study_in_params_keeps_three_test_only_cases() -> None:
+    config = load_volume_study("brats")
+    roles = config.roles
+    assert len(roles.test) >= 3
+    assert not set(roles.test) & (set(roles.train) | set(roles.val))
+    assert config.detectors[0].channel == "flair" and config.detectors[0].method == "intensity"

@@ -51,6 +51,7 @@ def _study(root: Path, **change) -> dict:
                 "method": "edge_normalised",
             },
         ],
+        "models": {"study": "demo", "names": [], "channel": "flair", "training": "cases"},
         "evaluate": {
             "smoothing_sigmas": [0.0, 1.0],
             "topk_percent": 1.0,
@@ -74,9 +75,9 @@ def _params(tmp_path: Path, study: dict) -> Path:
     return path
 
 
-def _stage_main(argv: list[str]) -> None:
-    """Run ``stages/voxels.py`` as DVC does, in this process."""
-    spec = importlib.util.spec_from_file_location("voxels_stage", REPO / "stages" / "voxels.py")
+def _stage_main(argv: list[str], stage: str = "voxels") -> None:
+    """Run ``stages/<stage>.py`` as DVC does, in this process."""
+    spec = importlib.util.spec_from_file_location(stage, REPO / "stages" / f"{stage}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(argv)
@@ -92,19 +93,13 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> dict:
     namings = ("brats2013", "brats2018", "brats2023")
     for i, case in enumerate(CASES):
         brats_case(tmp / "cases", case, namings[i % 3], seed=i)
-    params = _params(tmp, _study(tmp / "cases"))
-    _stage_main(
-        [
-            "--study",
-            "toy",
-            "--params",
-            str(params),
-            "--report-dir",
-            str(tmp / "report"),
-            "--maps-dir",
-            str(tmp / "maps"),
-        ]
-    )
+    study = _study(tmp / "cases")
+    study["models"]["names"] = ["dae"]  # the demo's DAE (64 px), trained by the one loop
+    params = _params(tmp, study)
+    common = ["--study", "toy", "--params", str(params), "--model-dir", str(tmp / "models")]
+    train = ["--arrays-dir", str(tmp / "arrays"), "--report-dir", str(tmp / "train")]
+    _stage_main([*common, *train], "volume_models")
+    _stage_main([*common, "--report-dir", str(tmp / "report"), "--maps-dir", str(tmp / "maps")])
     return {"tmp": tmp, "params": params}
 
 
@@ -112,7 +107,10 @@ def test_reports_every_detector_and_writes_maps_on_the_cases_grid(ran) -> None:
     report = ran["tmp"] / "report"
     evaluation = json.loads((report / "evaluation.json").read_text())
     metrics = json.loads((report / "metrics.json").read_text())
-    assert set(evaluation["detectors"]) == {"flair_intensity", "t1c_intensity", "flair_edge"}
+    assert set(evaluation["detectors"]) == {"flair_intensity", "t1c_intensity", "flair_edge", "dae"}
+    trained = json.loads((ran["tmp"] / "train" / "volume_models.json").read_text())
+    assert trained["arrays"]["train"]["anomalous"] == 0  # healthy slices only
+    assert trained["arrays"]["val"]["anomalous"] > 0 and trained["models"]["dae"]["epochs"] > 0
     assert evaluation["reference"] == "flair_intensity"
     assert set(metrics) >= set(evaluation["detectors"])
     flair = evaluation["detectors"]["flair_intensity"]["test"]
@@ -143,13 +141,17 @@ def test_choices_do_not_depend_on_the_test_cases(ran, tmp_path: Path) -> None:
             image = nib.load(str(written["label"]))
             flipped = (np.asanyarray(image.dataobj) == 0).astype(np.uint8)
             nib.save(nib.Nifti1Image(flipped, image.affine), str(written["label"]))
-    params = _params(tmp_path, _study(cases))
+    study = _study(cases)
+    study["models"]["names"] = ["dae"]  # the same trained model (it never saw a test case)
+    params = _params(tmp_path, study)
     _stage_main(
         [
             "--study",
             "toy",
             "--params",
             str(params),
+            "--model-dir",
+            str(ran["tmp"] / "models"),
             "--report-dir",
             str(tmp_path / "r"),
             "--maps-dir",
@@ -184,9 +186,10 @@ def test_a_case_with_two_roles_is_refused(tmp_path: Path) -> None:
     from brainad.evaluation.volume_run import run_voxels
 
     study = _study(tmp_path, roles={"train": ["c0"], "val": ["c2"], "test": ["c2", "c3"]})
-    config = load_volume_study("toy", _params(tmp_path, study))
+    params = _params(tmp_path, study)
+    config = load_volume_study("toy", params)
     with pytest.raises(ValueError, match=r"case\(s\) \['c2'\] have two roles"):
-        run_voxels(config, tmp_path / "r", tmp_path / "m")
+        run_voxels(config, tmp_path / "r", tmp_path / "m", params, tmp_path / "models")
 
 
 def test_the_brats_study_in_params_keeps_three_test_only_cases() -> None:

@@ -123,6 +123,26 @@ class VoxelEvaluateConfig:
 
 
 @dataclass(frozen=True)
+class VolumeModelsConfig:
+    """2-D models of the slice studies, trained here with the one training loop and graded like
+    every other row.
+
+    Args:
+        study: the slice study (``studies.<study>``) whose model sections, ``preprocess`` (image
+            size, normalisation) and ``volume`` (slice windowing) they use.
+        names: registered models to train (``[]`` = none).
+        channel: the input sequence.
+        training: their healthy training slices: ``cases`` — the tumour-free slices of the
+            ``train`` cases (the MedIAnomaly/BMAD protocol).
+    """
+
+    study: str
+    names: tuple[str, ...]
+    channel: Literal["flair", "t1c"]
+    training: Literal["cases"]
+
+
+@dataclass(frozen=True)
 class VolumeStudyConfig:
     """Every section of one volume study."""
 
@@ -131,4 +151,5 @@ class VolumeStudyConfig:
     roles: RolesConfig
     slices: SliceRulesConfig
     detectors: tuple[VoxelDetectorConfig, ...]
+    models: VolumeModelsConfig
     evaluate: VoxelEvaluateConfig

@@ -52,10 +52,13 @@ def _check_roles(config: VolumeStudyConfig) -> tuple[str, ...]:
 class Inputs:
     """A detector's inputs of one case: normalised slices, brain masks, labels, slice rows."""
 
-    def __init__(self, case: Case, channel: str, normalisation: str, rows: list) -> None:
+    def __init__(self, case: Case, channel: str, normalisation: str | None, rows: list) -> None:
         ks = [r.slice for r in rows]
+        values = case.channels[channel]
+        if normalisation is not None:  # None: the voxels as stored (a model windows each slice)
+            values = normalise(values, case.brain, normalisation)
         self.rows = rows
-        self.images = slice_stack(normalise(case.channels[channel], case.brain, normalisation), ks)
+        self.images = slice_stack(values, ks)
         self.masks = slice_stack(case.brain, ks)
         self.tumour = slice_stack(case.label, ks)
 
@@ -133,26 +136,59 @@ def _write_maps(maps: dict, inputs: dict, cases: dict, name: str, out: Path) -> 
         save_nifti(out / name / f"{subject}.nii.gz", grid, case.reference.affine)
 
 
-def run_voxels(config: VolumeStudyConfig, report_dir: Path, maps_dir: Path) -> dict:
+def _rows(config: VolumeStudyConfig, params: Path, model_dir: Path) -> list[tuple[dict, object]]:
+    """Every row of the table: ``(input description, detector)``; the intensity detectors of
+    ``detectors`` first (the first is the reference), then the trained models of ``models``."""
+    rows = [(to_dict(spec), VOLUME_METHODS[spec.method]()) for spec in config.detectors]
+    if not config.models.names:
+        return rows
+    from brainad.config import load_study
+    from brainad.models import registry
+    from brainad.models.checkpoint import load_model
+    from brainad.scoring.bundle import raw_detector
+    from brainad.scoring.native import NativeGrid
+    from brainad.utils import select_device
+
+    slice_study, device = load_study(config.models.study, params), select_device()
+    for name in config.models.names:
+        module, _ = load_model(registry.best_file(model_dir, name), device=device)
+        detector = NativeGrid(
+            raw_detector(name, module, device), slice_study.preprocess, slice_study.volume
+        )
+        spec = {
+            "name": name,
+            "channel": config.models.channel,
+            "normalisation": "window",  # each slice by its own percentiles, as brainad score
+            "method": f"{name} (trained on healthy slices, {config.models.study} settings)",
+        }
+        rows.append((spec, detector))
+    return rows
+
+
+def run_voxels(
+    config: VolumeStudyConfig, report_dir: Path, maps_dir: Path, params: Path, model_dir: Path
+) -> dict:
     """Score, choose on validation, report on test; write ``evaluation.json``, ``metrics.json``,
-    ``summary.md`` and the overlay figure under ``report_dir`` and test maps under ``maps_dir``."""
+    ``summary.md`` and the overlay figure under ``report_dir`` and test maps under ``maps_dir``
+    (the trained models of ``config.models`` are read from ``model_dir``)."""
     subjects = _check_roles(config)
-    channels = tuple(dict.fromkeys(d.channel for d in config.detectors))
+    channels = tuple(dict.fromkeys((*(d.channel for d in config.detectors), config.models.channel)))
     cases, rejected, unused = read_cases(config.source, subjects, channels)
     rows = {s: slice_rows(case, config.slices) for s, case in cases.items()}
     for role in ("val", "test"):
         if not any(s in cases for s in getattr(config.roles, role)):
             raise ValueError(f"roles.{role}: no usable case (rejected: {rejected})")
     results, reference, shown = {}, None, {}
-    for spec in config.detectors:
+    for spec, detector in _rows(config, params, model_dir):
         log.info(
-            "voxels: %s (%s, %s, %s)", spec.name, spec.channel, spec.normalisation, spec.method
+            "voxels: %s (%s, %s, %s)",
+            *(spec[k] for k in ("name", "channel", "normalisation", "method")),
         )
-        inputs = {s: Inputs(cases[s], spec.channel, spec.normalisation, rows[s]) for s in cases}
-        detector = VOLUME_METHODS[spec.method]()
+        norm = None if spec["normalisation"] == "window" else spec["normalisation"]
+        inputs = {s: Inputs(cases[s], spec["channel"], norm, rows[s]) for s in cases}
         train = [inputs[s] for s in config.roles.train if s in inputs]
         healthy = [x.images[[r.status == "healthy" for r in x.rows]] for x in train]
-        if healthy:
+        if healthy and sum(len(h) for h in healthy):
             masks = [x.masks[[r.status == "healthy" for r in x.rows]] for x in train]
             detector.fit(np.concatenate(healthy), np.concatenate(masks))
         scored = {s: inputs[s] for s in (*config.roles.val, *config.roles.test) if s in inputs}
@@ -164,13 +200,13 @@ def run_voxels(config: VolumeStudyConfig, report_dir: Path, maps_dir: Path) -> d
         boot = voxels.bootstrap(counts, at, ev.bootstrap, ev.ci, ev.seed, reference)
         reference = reference or (counts, at)
         pooled = voxels.pooled(counts, at, sorted(counts))
-        results[spec.name] = {
-            "input": to_dict(spec),
+        results[spec["name"]] = {
+            "input": spec,
             "validation": chosen,
             "test": {"pooled": pooled, **boot, "per_case": per_case, "slices": slices},
         }
-        _write_maps(maps, scored, cases, spec.name, maps_dir)
-        shown[spec.name] = maps
+        _write_maps(maps, scored, cases, spec["name"], maps_dir)
+        shown[spec["name"]] = maps
     default = max(results, key=lambda name: _validation_ap(results[name]))
     evaluation = _evaluation(config, cases, rows, rejected, unused, results, default)
     write_json(report_dir / "evaluation.json", evaluation)

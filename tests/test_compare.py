@@ -62,6 +62,7 @@ def _verdicts(result: dict) -> dict[str, str]:
 
 def test_metric_files_of_a_study_come_from_dvc_yaml() -> None:
     assert study_metric_files(ROOT, "demo") == ["reports/demo/evaluate/metrics.json"]
+    assert study_metric_files(ROOT, "brats") == ["reports/brats/voxels/metrics.json"]
 
 
 def test_unchanged_workspace_passes_the_check(repo: Path, capsys) -> None:

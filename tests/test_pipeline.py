@@ -93,7 +93,7 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 def scratch_repo(repo: Path, studies: dict) -> dict:
     """A git + DVC repository at ``repo`` with this project's stages, src and dvc.yaml, and its
     params.yaml with ``studies`` (section overrides over ``{}`` for every section) as the only
-    studies; returns the environment to run DVC in."""
+    studies and no volume study; returns the environment to run DVC in."""
     shutil.copytree(ROOT / "stages", repo / "stages")
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
@@ -103,6 +103,7 @@ def scratch_repo(repo: Path, studies: dict) -> dict:
         name: {**{section: {} for section in params["defaults"]}, **overrides}
         for name, overrides in studies.items()
     }
+    params["volume_studies"] = {}  # no volume study: its cases are not in a scratch repo
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text("/data/\n/models/\n")
     env = {

@@ -92,16 +92,26 @@ def read_at(root: Path, rev: str | None, path: str) -> Any:
 
 
 def study_metric_files(root: Path, study: str) -> list[str]:
-    """Metrics files of a study: the ``metrics`` of every ``foreach`` stage of ``dvc.yaml`` with
-    ``${key}`` set to ``study`` (and top-level metrics that name the study's folder)."""
+    """Metrics files of a study: the ``metrics`` of every ``foreach`` stage of ``dvc.yaml`` over
+    the study's kind (``studies`` or ``volume_studies`` of ``params.yaml``) with ``${key}`` set
+    to ``study`` (and top-level metrics that name the study's folder)."""
     import yaml
 
     dvc_yaml = root / "dvc.yaml"
     if not dvc_yaml.is_file():
         raise FileNotFoundError(f"{dvc_yaml}: not found; run compare in the repository root")
     document = yaml.safe_load(dvc_yaml.read_text()) or {}
+    params = root / "params.yaml"
+    volume_studies = (
+        (yaml.safe_load(params.read_text()) or {}).get("volume_studies") or {}
+        if params.is_file()
+        else {}
+    )
+    group = "${volume_studies}" if study in volume_studies else "${studies}"
     files: list[str] = []
     for stage in (document.get("stages") or {}).values():
+        if "foreach" in stage and stage["foreach"] != group:
+            continue  # the other kind of study's stages
         for entry in (stage.get("do") or stage).get("metrics", []):
             name = entry if isinstance(entry, str) else next(iter(entry))
             files.append(name.replace("${key}", study).replace("${item}", study))

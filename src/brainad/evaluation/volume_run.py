@@ -1,8 +1,9 @@
-"""The ``voxels`` stage of a volume study: every detector of ``detectors`` scored on the
-validation and test cases on their own grids, choices made on validation, test reported.
+"""The ``voxels`` stage of a volume study: every row — the intensity detectors of
+``detectors``, then the 2-D models of ``models`` trained by the ``volume_models`` stage — scored
+on the validation and test cases on their own grids, choices made on validation, test reported.
 
-For each detector (one :class:`~brainad.scoring.detector.Detector`, fitted on the healthy
-slices of the ``train`` cases):
+For each row (one :class:`~brainad.scoring.detector.Detector`; the intensity detectors are
+fitted on the healthy slices of the ``train`` cases, the models were trained on them):
 
 1. its raw map of every brain slice of the validation and test cases (native resolution);
 2. each smoothing of ``evaluate.smoothing_sigmas`` (inside the brain) is scored on VALIDATION
@@ -212,7 +213,8 @@ def run_voxels(
     write_json(report_dir / "evaluation.json", evaluation)
     write_json(report_dir / "metrics.json", _metrics(results, default))
     write_summary(report_dir / "summary.md", evaluation)
-    test_inputs = {s: Inputs(cases[s], channels[0], "zscore", rows[s]) for s in maps}
+    tests = [s for s in config.roles.test if s in cases]
+    test_inputs = {s: Inputs(cases[s], channels[0], "zscore", rows[s]) for s in tests}
     write_figure(report_dir / "figures" / "overlays.png", test_inputs, shown, default)
     return evaluation
 

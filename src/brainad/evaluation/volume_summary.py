@@ -287,8 +287,11 @@ def write_summary(path: Path, evaluation: dict) -> None:
 
 
 def write_figure(path: Path, inputs: dict, maps: dict, default: str) -> None:
-    """Per test case, its slice with the most tumour: FLAIR with the label outline, then each
-    detector's map (validation-chosen variant), each on its own 1–99 % brain scale."""
+    """One column per test case (its slice with the most tumour), one row per detector: FLAIR
+    with the label outline on top, then each detector's map (its validation-chosen variant) on
+    its own 1–99 % brain scale, the label outline in cyan."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,32 +301,30 @@ def write_figure(path: Path, inputs: dict, maps: dict, default: str) -> None:
 
     cases, names = list(inputs), list(maps)
     fig, axes = plt.subplots(
-        len(cases),
         len(names) + 1,
-        figsize=(2.4 * (len(names) + 1), 2.5 * len(cases)),
+        len(cases),
+        figsize=(2.0 * len(cases), 2.0 * (len(names) + 1)),
         squeeze=False,
     )
-    for r, case in enumerate(cases):
+    for c, case in enumerate(cases):
         x = inputs[case]
         i = int(np.argmax(x.tumour.reshape(len(x.tumour), -1).sum(1)))
         brain, tumour = x.masks[i, 0], x.tumour[i, 0]
         panels = [("FLAIR + label", x.images[i, 0])]
         panels += [(n + (" (default)" if n == default else ""), maps[n][case][i, 0]) for n in names]
-        for c, (title, image) in enumerate(panels):
+        for r, (title, image) in enumerate(panels):
             low, high = np.percentile(image[brain], [1, 99]) if brain.any() else (0, 1)
             ax = axes[r, c]
             shown = np.where(brain, image, np.nan)  # outside the brain: black, not a value
-            cmap = matplotlib.colormaps["gray" if c == 0 else "inferno"].with_extremes(bad="black")
+            cmap = matplotlib.colormaps["gray" if r == 0 else "inferno"].with_extremes(bad="black")
             ax.imshow(shown, cmap=cmap, vmin=low, vmax=high)
-            ax.contour(tumour, levels=[0.5], colors="cyan", linewidths=0.6)
-            ax.set_title(title if r == 0 else "", fontsize=7)
-            ax.set_ylabel(case if c == 0 else "", fontsize=6)
+            ax.contour(tumour, levels=[0.5], colors="cyan", linewidths=0.5)
+            ax.set_title(case if r == 0 else "", fontsize=7)
+            ax.set_ylabel(title if c == 0 else "", fontsize=6)
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    import io
-
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     write_bytes(path, buffer.getvalue())

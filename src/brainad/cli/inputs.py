@@ -1,6 +1,6 @@
 """What ``brainad score`` is asked to score: the inputs checked up front, folders walked safely.
 
-Rules (README, "Scoring new scans"):
+Rules (docs/scoring.md):
 
 * every input must name an existing file or folder (an empty string is refused, never read as
   the current folder); a failure is a :class:`InputError` listing every bad input;
@@ -54,12 +54,14 @@ class Item(NamedTuple):
         path: the path to open (as given: relative paths are relative to the working folder).
         target: the real path when ``path`` goes through a symlink, else ``""``.
         problem: why the file cannot be scored, found while walking (``""`` if none yet).
+        sha256: its sha256 if already computed (``--shard`` hashes every file first), else ``""``.
     """
 
     shown: str
     path: Path
     target: str
     problem: str = ""
+    sha256: str = ""
 
 
 class Collected(NamedTuple):
@@ -301,7 +303,7 @@ def inspect_file(item: Item, max_bytes: int) -> Inspected:
             return Inspected(item, "", f"not a regular file ({file_kind(info.st_mode)})", "")
         if info.st_size > max_bytes:
             return Inspected(item, "", _too_large(info.st_size, max_bytes), "")
-        digest = _sha256(item.path)
+        digest = item.sha256 or _sha256(item.path)
     except OSError as exc:
         return Inspected(item, "", f"cannot be read ({exc.strerror or exc})", "")
     real = os.path.realpath(item.path)

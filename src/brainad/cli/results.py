@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -42,7 +42,7 @@ class ResultsError(ValueError):
 
 def columns(components: Sequence[str]) -> list[str]:
     """The header of ``scores.csv`` for a model with these score ``components``: the 2-D columns,
-    then :data:`VOLUME_COLUMNS` (``level``: image | slice | volume; see the README)."""
+    then :data:`VOLUME_COLUMNS` (``level``: image | slice | volume; see docs/scoring.md)."""
     return [
         "path",
         "target",
@@ -283,6 +283,7 @@ class ResultsWriter:
 
     def __init__(self, path: Path, header: list[str]) -> None:
         self.path, self.header = path, header
+        self.extra: Callable[[dict], dict] | None = None  # more cells per row (a shard's position)
         if not path.exists() or path.stat().st_size == 0:
             write_text(path, self._format([header]))
         self._handle: IO[str] = open(path, "a", encoding="utf-8", newline="")
@@ -301,6 +302,8 @@ class ResultsWriter:
         """Append ``rows`` (dicts keyed by column; missing keys are empty) and fsync."""
         if not rows:
             return
+        if self.extra is not None:
+            rows = [{**row, **self.extra(row)} for row in rows]
         text = self._format([[cell(row.get(c, "")) for c in self.header] for row in rows])
         try:
             self._handle.write(text)

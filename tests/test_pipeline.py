@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from brainad import runtime
+from brainad.cli import lineage
 from brainad.cli import main as cli_main
 from brainad.models.registry import MODEL_NAMES
 
@@ -202,19 +203,50 @@ def test_cli_scores_equal_evaluate_scores(micro_repo, tmp_path: Path) -> None:
 
 def test_audit_verifies_and_detects_a_changed_file(micro_repo, capsys) -> None:
     repo, _ = micro_repo
-    assert cli_main(["audit", "demo", "--root", str(repo)]) == 0
+    assert cli_main(["audit", "demo", "--root", str(repo), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["fingerprint_matches"] and record["files_verified"] > 0
-    assert "evaluate@demo" in record["stages"]
+    data = record["data"]
+    assert data["fingerprint_matches"] and data["files_verified"] > 0 and record["current"]
+    assert "evaluate@demo" in [s["stage"] for s in record["stages"]]
     victim = next((repo / "data" / "demo" / "raw").rglob("*.jpg"))
     original = victim.read_bytes()
     try:
         victim.write_bytes(original + b"\0")
-        assert cli_main(["audit", "demo", "--root", str(repo)]) == 1
+        assert cli_main(["audit", "demo", "--root", str(repo), "--json"]) == 1
         record = json.loads(capsys.readouterr().out)
-        assert str(victim.relative_to(repo / "data" / "demo" / "raw")) in record["files_changed"]
+        changed = record["data"]["files_changed"]
+        assert str(victim.relative_to(repo / "data" / "demo" / "raw")) in changed
     finally:
         victim.write_bytes(original)
+
+
+def test_audit_of_a_metric_lists_its_lineage_and_marks_changed_code(micro_repo, capsys) -> None:
+    repo, _ = micro_repo
+    metrics = json.loads((repo / "reports" / "demo" / "evaluate" / "metrics.json").read_text())
+    model = next(k for k, v in metrics.items() if isinstance(v, dict) and "lesion" in v)
+    key = f"{model}.lesion.roc_auc"
+    assert cli_main(["audit", "demo", "--root", str(repo), "--metric", key]) == 0
+    text = capsys.readouterr().out
+    assert f"`{key}` = {metrics[model]['lesion']['roc_auc']}" in text
+    order = [line.split("`")[1] for line in text.splitlines() if line.startswith("### ")]
+    assert order[0] == "evaluate@demo" and order[-1] == "prepare@demo"  # nearest first
+    assert f"train_{model}@demo" in order and "preprocess@demo" in order
+    assert "weights: `models/demo/" in text and "dataset fingerprint" in text
+    assert "every stage matches `dvc.lock`" in text
+    code = repo / "src" / "brainad" / "evaluation" / "summary.py"
+    original = code.read_text()
+    try:
+        code.write_text(original + "\n# an edit after the run\n")
+        assert cli_main(["audit", "demo", "--root", str(repo), "--metric", key]) == 0
+        text = capsys.readouterr().out
+        assert "### `evaluate@demo` — **changed** since `dvc.lock`" in text
+        assert "src/brainad/evaluation (modified)" in text and "**not current**" in text
+        assert "### `prepare@demo` — matches `dvc.lock`" in text
+    finally:
+        code.write_text(original)
+    assert cli_main(["audit", "demo", "--root", str(repo), "--metric", "nope"]) == 2
+    with pytest.raises(ValueError, match="--metric nope: no metrics.json of study 'demo'"):
+        lineage.find_metric(lineage.lock_stages(repo), repo, "demo", "nope")
 
 
 def test_dvc_push_pull_round_trip_with_a_local_remote(tmp_path: Path) -> None:

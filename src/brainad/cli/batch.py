@@ -65,11 +65,13 @@ _REWORDED = {
 
 
 class Options(NamedTuple):
-    """Run settings: ``maps`` mode, decoding ``workers`` threads, files per ``batch_size``."""
+    """Run settings: ``maps`` mode, decoding ``workers`` threads, files per ``batch_size``,
+    ``extra_columns`` after the usual ones (``--shard``: ``position``)."""
 
     maps: MapsMode
     workers: int
     batch_size: int
+    extra_columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -108,7 +110,7 @@ def open_session(
     Raises:
         ScoreError: the folder cannot be created or written, or its results are not resumable.
     """
-    header = columns(engine.components)
+    header = [*columns(engine.components), *options.extra_columns]
     _prepare_folder(out, args.overwrite)
     resuming = args.resume and (out / CSV_NAME).exists()
     record = read_run(out) if resuming else None

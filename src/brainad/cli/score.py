@@ -7,6 +7,8 @@ batch ahead of the model) and scored; complete rows are appended to ``scores.csv
 batch, so memory does not grow with the number of files and a killed run loses at most one
 batch (``--resume`` continues it). A file that cannot be used — unreadable, not an image,
 truncated, too large — is a *quarantined* row with its reason; the rest of the batch is scored.
+``--shard I/N`` scores one of N parts of the inputs (:mod:`brainad.cli.shard`); ``brainad merge``
+joins the parts into the ``scores.csv`` of one run (:mod:`brainad.cli.merge`).
 
 Exit status: 0 every file was scored; 1 some were quarantined (the others were scored);
 2 nothing could be scored, or a check failed; 130 interrupted (rows so far are kept).
@@ -29,6 +31,7 @@ import numpy as np
 
 from brainad.cli import batch as score_batch
 from brainad.cli import report as score_report
+from brainad.cli import shard as sharding
 from brainad.cli.batch import Batch, Options, Session
 from brainad.cli.checks import (
     ScoreError,
@@ -199,10 +202,14 @@ def exit_status(outcomes: Counter[str]) -> int:
     return EXIT_QUARANTINED if outcomes["quarantined"] else EXIT_OK
 
 
-def _check_and_collect(args: argparse.Namespace) -> tuple[Engine, Collected, str]:
-    """Every check that needs no output written, then the walk of the inputs."""
+def _check_and_collect(
+    args: argparse.Namespace,
+) -> tuple[Engine, Collected, str, sharding.Plan | None]:
+    """Every check that needs no output written, then the walk of the inputs (``--shard``:
+    this shard's part of it)."""
     check_inputs(args.inputs)
     check_out(args.out, args.inputs, args.resume, args.overwrite)
+    sharding.check_resume(args.out, args.shard, args.resume)
     device = parse_device(args.device)
     model_sha256 = check_model_file(args.model)
     engine = open_engine(args.model, device)
@@ -214,6 +221,11 @@ def _check_and_collect(args: argparse.Namespace) -> tuple[Engine, Collected, str
             f"no image files (.jpg, .jpeg, .png, .bmp, .tif, .tiff), NIfTI volumes (.nii, .nii.gz)"
             f" or DICOM files in the inputs {[shown(i) for i in args.inputs]}; check the paths"
         )
+    plan = None
+    if args.shard is not None:
+        grouped = engine.bundle.volume is not None
+        plan = sharding.plan(found, args.shard, grouped, args.workers)
+        found = plan.found
     log.info(
         "scoring %d image files, %d NIfTI files and %d DICOM files with %s on %s → %s",
         len(found.items),
@@ -223,15 +235,18 @@ def _check_and_collect(args: argparse.Namespace) -> tuple[Engine, Collected, str
         device,
         args.out,
     )
-    return engine, found, model_sha256
+    return engine, found, model_sha256, plan
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Run ``brainad score`` (parsed ``args``); returns the exit status."""
-    engine, found, model_sha256 = _check_and_collect(args)
+    engine, found, model_sha256, plan = _check_and_collect(args)
     maps = MapsMode("none") if args.no_heatmaps else args.maps
-    options = Options(maps, args.workers, args.batch_size)
+    extra = (sharding.POSITION,) if plan is not None else ()
+    options = Options(maps, args.workers, args.batch_size, extra)
     session = score_batch.open_session(args.out, engine, args.model, model_sha256, options, args)
+    if plan is not None:
+        sharding.attach(session, plan)
     quiet = score_report.LibraryQuarantines()
     log.addFilter(quiet)
     try:
@@ -251,7 +266,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise
     finally:
         log.removeFilter(quiet)
-    status = exit_status(outcomes)
+    status = exit_status(outcomes) if found.count else EXIT_OK  # a shard given no files
     score_batch.write_top_maps(engine, session)
     score_batch.close_session(session, outcomes, interrupted=False, status=status)
     score_report.log_summary(outcomes, args.out, status)
@@ -330,5 +345,12 @@ def add_score_parser(sub: Any, parents: Sequence[argparse.ArgumentParser]) -> No
     )
     score.add_argument(
         "--batch-size", type=_positive, default=128, help="files per batch (default 128)"
+    )
+    score.add_argument(
+        "--shard",
+        type=sharding.parse_shard,
+        metavar="I/N",
+        help="score only shard I of N (0-based: 0 <= I < N); each file goes to shard "
+        "sha256 %% N; combine the shards' --out folders with `brainad merge`",
     )
     score.set_defaults(func=cmd_score)

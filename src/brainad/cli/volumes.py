@@ -76,7 +76,7 @@ def _nifti_input(item: Item, config: VolumeConfig) -> VolumeInput | dict:
     if item.problem:
         return _row(item.shown, item.target, "", status="quarantined", reason=item.problem)
     try:
-        digest = file_sha256(item.path)
+        digest = item.sha256 or file_sha256(item.path)
     except OSError as exc:
         reason = f"cannot be read ({exc.strerror or exc})"
         return _row(item.shown, item.target, "", status="quarantined", reason=reason)

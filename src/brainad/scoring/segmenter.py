@@ -11,6 +11,10 @@ ANOMALOUS):
 The ``score.weight_*`` and ``score.residual`` settings belong to the reconstruction components
 and do not apply: ``segmentation`` has weight 1 and is standardised on healthy validation scans
 like every model component.
+
+In fast mode (not :func:`~brainad.runtime.kernels_pinned`) the forward pass runs in the
+channels-last memory format on CPU, which oneDNN's convolutions prefer; deterministic mode keeps
+the model's own format, so its numbers do not change.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from brainad.config import ScoreConfig
+from brainad.runtime import kernels_pinned
 from brainad.scoring.detector import AnomalyMaps, ImageScores, check_pair
-from brainad.scoring.gan import autocast, eval_mode
+from brainad.scoring.gan import autocast, channels_last, eval_mode
 from brainad.scoring.maps import check_settings, score_map
 
 COMPONENTS = ("segmentation",)
@@ -72,8 +77,10 @@ class SegmenterDetector:
         """The anomaly probability inside the brain mask (0 outside); no reconstruction."""
         check_pair(images, masks)
         x = images.to(self.device, torch.float32)
-        with eval_mode(self.model), autocast(self.device, self.precision):
-            probability = self.model.probability(x)
+        fast = self.device.type == "cpu" and not kernels_pinned()
+        with eval_mode(self.model), channels_last(self.model, fast):
+            with autocast(self.device, self.precision):
+                probability = self.model.probability(x)
         inside = masks.to(self.device).bool()
         return AnomalyMaps({"segmentation": probability.float() * inside}, {}, None)
 

@@ -2,7 +2,8 @@
 # Install (idempotent) and reproduce one study end to end: `bash scripts/demo.sh [STUDY]`.
 # STUDY defaults to `demo` (embedded synthetic phantoms, offline, deterministic: about 14 minutes on 2 CPU cores);
 # `brain-tumor-mri` runs the real Kaggle archive named in params.yaml (about 75 minutes on 2 CPU cores);
-# `brats` grades detectors voxel by voxel on the six BraTS cases named in params.yaml (about 1 minute).
+# `brats` grades detectors voxel by voxel on the six BraTS cases named in params.yaml (about 90 minutes:
+# it trains six 2-D models, one of them on the Kaggle archive's healthy slices).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -8,12 +8,17 @@ def main(argv=None) -> None:
     from brainad.config import load_volume_study
 
     args, config = stage_setup(
-        __doc__, ["report-dir", "maps-dir", "model-dir"], argv, load=load_volume_study
+        __doc__,
+        ["report-dir", "maps-dir", "model-dir", "variants-dir"],
+        argv,
+        load=load_volume_study,
     )
     # imported after stage_setup (the logging and process set-up every stage has)
     from brainad.evaluation.volume_run import run_voxels
 
-    run_voxels(config, args.report_dir, args.maps_dir, args.params, args.model_dir)
+    run_voxels(
+        config, args.report_dir, args.maps_dir, args.params, args.model_dir, args.variants_dir
+    )
 
 
 if __name__ == "__main__":

@@ -188,7 +188,31 @@ def load_volume_study(study: str, path: str | Path = "params.yaml") -> VolumeStu
     names = [d.name for d in config.detectors]
     if len(set(names)) != len(names) or not names:
         raise ConfigError(f"volume_studies.{study}.detectors: names must be unique, got {names}")
+    _check_rows(config, f"volume_studies.{study}")
     return config
+
+
+def _check_rows(config: VolumeStudyConfig, where: str) -> None:
+    """Every row name unique; a combination adds at least two rows defined before it."""
+    earlier = [
+        *(d.name for d in config.detectors),
+        *config.models.names,
+        *(v.name for v in config.variants.rows),
+    ]
+    for combination in config.combinations:
+        unknown = [p for p in combination.parts if p not in earlier]
+        if len(combination.parts) < 2 or unknown:
+            raise ConfigError(
+                f"{where}.combinations.{combination.name}: parts must name at least two rows "
+                f"defined before it (detectors, models.names, variants.rows); unknown: {unknown}"
+            )
+        earlier.append(combination.name)
+    twice = sorted({n for n in earlier if earlier.count(n) > 1})
+    if twice:
+        raise ConfigError(
+            f"{where}: row names must be unique across detectors, models.names, "
+            f"variants.rows and combinations; repeated: {twice}"
+        )
 
 
 def to_dict(config: Any) -> dict:

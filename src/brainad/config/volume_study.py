@@ -143,6 +143,57 @@ class VolumeModelsConfig:
 
 
 @dataclass(frozen=True)
+class ModelVariantConfig:
+    """One more trained row: a registered model with another input channel or other healthy
+    training data than ``models``.
+
+    Args:
+        name: the row's name in metrics and reports (unique among all rows).
+        model: the registered model (its ``models.study`` settings).
+        channel: the input sequence.
+        training: its healthy training slices: ``cases`` (the tumour-free slices of the train
+            cases), ``archive`` (the healthy training slices of the slice study
+            ``models.study`` whose manifest sequence is one of ``variants.archive_sequences``:
+            the cross-dataset protocol) or ``both``.
+    """
+
+    name: str
+    model: str
+    channel: Literal["flair", "t1c"]
+    training: Literal["cases", "archive", "both"]
+
+
+@dataclass(frozen=True)
+class VariantsConfig:
+    """More trained rows (stage ``volume_variants``), each a :class:`ModelVariantConfig`.
+
+    Args:
+        archive_sequences: manifest sequence labels (``brainad.data.labels.SEQUENCES``) of the
+            slice study's healthy training slices that ``training: archive | both`` uses.
+        rows: the variants (``[]`` = none).
+    """
+
+    archive_sequences: tuple[str, ...]
+    rows: tuple[ModelVariantConfig, ...]
+
+
+@dataclass(frozen=True)
+class CombinationConfig:
+    """A row that adds other rows' maps: each part's raw map is standardised by the mean and std
+    of its values on the healthy (label 0) brain voxels of the validation cases, the parts are
+    summed with equal weight, and the sum is smoothed and thresholded like every row
+    (thresholding combined with learned normality, e.g. FLAIR intensity + a model's residual).
+
+    Args:
+        name: the row's name (unique among all rows).
+        parts: names of earlier rows (detectors, models or variants), at least two.
+    """
+
+    name: str
+    parts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class VolumeStudyConfig:
     """Every section of one volume study."""
 
@@ -152,4 +203,6 @@ class VolumeStudyConfig:
     slices: SliceRulesConfig
     detectors: tuple[VoxelDetectorConfig, ...]
     models: VolumeModelsConfig
+    variants: VariantsConfig
+    combinations: tuple[CombinationConfig, ...]
     evaluate: VoxelEvaluateConfig

@@ -134,6 +134,25 @@ def empty_arrays(image_size: int) -> SplitArrays:
     )
 
 
+def select(arrays: SplitArrays, keep: np.ndarray) -> SplitArrays:
+    """The rows of ``arrays`` where the boolean (N,) ``keep`` is true, in order."""
+    keep = np.asarray(keep, bool)
+    return SplitArrays(**{name: getattr(arrays, name)[keep] for name in _DTYPES})
+
+
+def concatenate(parts: list[SplitArrays]) -> SplitArrays:
+    """The rows of every part, in order (all parts of one image size; at least one part)."""
+    sizes = sorted({p.image_size for p in parts})
+    if len(sizes) != 1:
+        raise ValueError(f"arrays of different image sizes {sizes} cannot be concatenated")
+    return SplitArrays(
+        **{
+            name: np.concatenate([getattr(p, name) for p in parts]).astype(dtype, copy=False)
+            for name, dtype in _DTYPES.items()
+        }
+    )
+
+
 # ------------------------------------------------------------------------------ decoding
 class _Rejected(Exception):
     """Internal: the current file is quarantined with ``reason``."""

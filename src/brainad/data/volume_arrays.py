@@ -3,16 +3,21 @@ prepares a volume's slice (windowed to [0, 1] by its own percentiles, ``volume``
 the slice studies' :func:`~brainad.data.preprocess.preprocess_slice` with the case's own brain
 mask as the extraction (the volumes are skull-stripped already): cropped to the brain, resized
 to ``preprocess.image_size``, normalised. :func:`model_arrays` stacks them as the training
-loop's :class:`~brainad.data.arrays.SplitArrays`.
+loop's :class:`~brainad.data.arrays.SplitArrays`; :func:`archive_healthy` takes a slice study's
+healthy training slices of chosen sequences (cross-dataset training).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from brainad.config import PreprocessConfig, VolumeConfig
-from brainad.data.arrays import SplitArrays, empty_arrays
+from brainad.data.arrays import SplitArrays, empty_arrays, load_arrays, select
 from brainad.data.brats import Case, SliceRow
+from brainad.data.labels import SEQUENCES
+from brainad.data.manifest import read_manifest
 from brainad.data.preprocess import BrainExtraction, Preprocessed, preprocess_slice
 from brainad.data.volumes import slice_image, window
 
@@ -66,3 +71,31 @@ def model_arrays(
         fallback=np.array([p.fallback for *_, p in parts], bool),
         coverage=np.array([p.coverage for *_, p in parts], np.float32),
     )
+
+
+def archive_healthy(
+    arrays_path: Path, manifest_path: Path, sequences: tuple[str, ...]
+) -> SplitArrays:
+    """The healthy rows of a slice study's preprocessed split (``arrays_path``) whose manifest
+    sequence label (``manifest_path``, joined on the path) is one of ``sequences``.
+
+    Raises:
+        ValueError: an unknown sequence name, or an arrays row the manifest does not list (the
+            two files come from different runs: re-run that study's data stages).
+    """
+    unknown = [s for s in sequences if s not in SEQUENCES]
+    if unknown or not sequences:
+        raise ValueError(
+            f"variants.archive_sequences: {list(sequences)} must name sequence labels among "
+            f"{list(SEQUENCES)} (unknown: {unknown})"
+        )
+    arrays = load_arrays(arrays_path)
+    sequence_of = {row["path"]: row["sequence"] for row in read_manifest(manifest_path)}
+    missing = sorted(str(p) for p in arrays.paths if str(p) not in sequence_of)
+    if missing:
+        raise ValueError(
+            f"{arrays_path}: {len(missing)} row(s) not in {manifest_path} (first: {missing[0]}); "
+            "re-run that study's prepare and preprocess stages"
+        )
+    found = np.array([sequence_of[str(p)] for p in arrays.paths])
+    return select(arrays, (arrays.labels == 0) & np.isin(found, list(sequences)))

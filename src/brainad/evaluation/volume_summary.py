@@ -176,8 +176,8 @@ def _strata_rows(evaluation: dict) -> list[str]:
 def _top_rows(evaluation: dict) -> list[str]:
     lines = [
         "| detector | case | positions of the top slices (0 = lowest brain slice) | "
-        "with tumour | share in the outer strata |",
-        "|---|---|---|---|---:|",
+        "with tumour | share in the outer strata | volume score | without the outer strata |",
+        "|---|---|---|---|---:|---:|---:|",
     ]
     for name, result in evaluation["detectors"].items():
         for case, found in result["test"]["per_case"].items():
@@ -185,9 +185,40 @@ def _top_rows(evaluation: dict) -> list[str]:
             tumour = ", ".join("yes" if t else "no" for t in top["with_tumour"])
             positions = ", ".join(f"{p:.2f}" for p in top["positions"])
             lines.append(
-                f"| {name} | {case} | {positions} | {tumour} | {_f(top['outer_share'], 2)} |"
+                f"| {name} | {case} | {positions} | {tumour} | {_f(top['outer_share'], 2)} | "
+                f"{_f(top['volume_score'])} | {_f(top.get('inner_volume_score'))} |"
             )
     return lines
+
+
+def _training_rows(evaluation: dict) -> list[str]:
+    """The trained rows grouped by model and input: which healthy training data served best
+    on validation (pixel AP of each row's chosen smoothing)."""
+    groups: dict = {}
+    for name, result in evaluation["detectors"].items():
+        spec = result["input"]
+        if "training" in spec:
+            groups.setdefault((spec["model"], spec["channel"]), []).append((name, spec, result))
+    lines = [
+        "| model, input | row | healthy training data | val pixel AP | test pixel AP |",
+        "|---|---|---|---:|---:|",
+    ]
+    for (model, channel), found in groups.items():
+        best = max(found, key=lambda f: validation_ap(f[2]))[0]
+        for name, spec, result in found:
+            mark = " **(best on validation)**" if name == best and len(found) > 1 else ""
+            lines.append(
+                f"| {model}, {channel} | {name}{mark} | {spec['training']} | "
+                f"{_f(validation_ap(result))} | {_f(result['test']['pooled']['pixel_ap'])} |"
+            )
+    return lines
+
+
+def validation_ap(result: dict) -> float:
+    """The pixel AP of a row's validation-chosen smoothing (-1 where undefined)."""
+    chosen = result["validation"]
+    row = next(v for v in chosen["variants"] if v["sigma"] == chosen["sigma"])
+    return row["pixel_ap"] if row["pixel_ap"] is not None else -1.0
 
 
 def _variant_rows(evaluation: dict) -> list[str]:
@@ -266,6 +297,15 @@ def write_summary(path: Path, evaluation: dict) -> None:
         f"## Where each test volume's top {ev['top_k']} slices fall",
         "",
         *_top_rows(evaluation),
+        "",
+        "## Healthy training data of the 2-D models (chosen on validation)",
+        "",
+        "Each trained row's healthy slices: `cases` — the tumour-free slices of the train cases "
+        "(the MedIAnomaly/BMAD protocol); `archive` — the slice study's healthy training slices "
+        "of the sequences in `variants.archive_sequences` (cross-dataset); `both`. Validation "
+        "is the same for every row (the validation cases).",
+        "",
+        *_training_rows(evaluation),
         "",
         "## Every variant on validation",
         "",

@@ -173,12 +173,17 @@ def slice_metrics(labels: np.ndarray, scores: np.ndarray, positions: np.ndarray,
 
 def top_slices(scores: np.ndarray, positions: np.ndarray, tumour: np.ndarray, k: int, strata: int):
     """Where a volume's ``k`` highest slice scores fall: their positions, whether each shows
-    tumour, the share of them in the outer strata and the top-k mean (the volume score)."""
-    order = np.argsort(-np.asarray(scores), kind="stable")[:k]
-    outer = [stratum(positions[i], strata) in (0, strata - 1) for i in order]
+    tumour, the share of them in the outer strata, the top-k mean (the volume score) and the
+    same without the outer strata's slices (``inner_volume_score``: how much of the volume
+    score the extreme slices drive is the difference)."""
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, kind="stable")[:k]
+    is_outer = np.array([stratum(p, strata) in (0, strata - 1) for p in positions], bool)
+    inner = np.sort(scores[~is_outer])[::-1][:k] if strata > 2 else scores[order]
     return {
         "positions": [round(float(positions[i]), 3) for i in order],
         "with_tumour": [bool(tumour[i]) for i in order],
-        "outer_share": float(np.mean(outer)) if len(order) else None,
-        "volume_score": float(np.mean(np.asarray(scores)[order])) if len(order) else None,
+        "outer_share": float(np.mean(is_outer[order])) if len(order) else None,
+        "volume_score": float(np.mean(scores[order])) if len(order) else None,
+        "inner_volume_score": float(np.mean(inner)) if len(inner) else None,
     }
